@@ -1,0 +1,1 @@
+pytest_plugins = ["headscale_core.testing.pytest_plugin"]
