@@ -1,0 +1,139 @@
+"""Alias resolution: each policy name (user, group, tag, host, autogroup, IP) to the nodes and
+address prefixes it stands for, computed once per compile and cached by alias text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .ipset import EXIT_ROUTES, IPNetwork, IPSet, is_exit_route, parse_network
+from .model import PolicyNode, PolicyUser
+from .parse import Policy
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What one alias names: nodes (by id), extra prefixes, and the two special sets."""
+
+    nodes: frozenset[int] = frozenset()
+    prefixes: frozenset[IPNetwork] = frozenset()
+    star: bool = False  # "*": every tailnet address (and, as a source, every approved route)
+    internet: bool = False  # autogroup:internet
+    danger_all: bool = False  # autogroup:danger-all: every address, written "*"
+
+    def __or__(self, other: Resolved) -> Resolved:
+        return Resolved(self.nodes | other.nodes, self.prefixes | other.prefixes, self.star or other.star,
+                        self.internet or other.internet, self.danger_all or other.danger_all)
+
+
+EMPTY = Resolved()
+
+
+class Resolver:
+    """Resolves aliases against one topology; results are cached per alias."""
+
+    def __init__(self, policy: Policy, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> None:
+        self.policy = policy
+        self.users = {u.id: u for u in users}
+        self.nodes = {n.id: n for n in nodes}
+        self.node_nets: dict[int, tuple[IPNetwork, ...]] = {
+            n.id: tuple(parse_network(a) for a in n.addresses) for n in nodes
+        }
+        self.routes: dict[int, tuple[IPNetwork, ...]] = {
+            n.id: tuple(parse_network(r) for r in n.approved_routes if r in n.advertised_routes)
+            for n in nodes
+        }
+        self._by_login: dict[str, list[int]] = {}
+        for user in users:
+            self._by_login.setdefault(user.login.lower(), []).append(user.id)
+            self._by_login.setdefault(f"{user.name.lower()}@", []).append(user.id)
+        self._user_nodes: dict[int, set[int]] = {}
+        self._tag_nodes: dict[str, set[int]] = {}
+        for node in nodes:
+            if node.tags:
+                for tag in node.tags:
+                    self._tag_nodes.setdefault(tag, set()).add(node.id)
+            elif node.user_id is not None:
+                self._user_nodes.setdefault(node.user_id, set()).add(node.id)
+        self._cache: dict[str, Resolved] = {}
+
+    def user_ids(self, token: str) -> list[int]:
+        token = token.removeprefix("user:").lower()
+        if token.startswith("*@"):
+            domain = token[2:]
+            return [u.id for u in self.users.values() if u.email.lower().endswith("@" + domain)]
+        return self._by_login.get(token, [])
+
+    def user_nodes(self, user_id: int) -> frozenset[int]:
+        return frozenset(self._user_nodes.get(user_id, ()))
+
+    def group_users(self, group: str) -> list[int]:
+        ids: list[int] = []
+        for member in self.policy.groups.get(group, []):
+            ids.extend(self.user_ids(member))
+        return ids
+
+    def exit_nodes(self) -> frozenset[int]:
+        return frozenset(nid for nid, routes in self.routes.items() if any(is_exit_route(r) for r in routes))
+
+    def resolve(self, alias: str) -> Resolved:
+        cached = self._cache.get(alias)
+        if cached is None:
+            cached = self._cache[alias] = self._resolve(alias)
+        return cached
+
+    def resolve_all(self, aliases: Sequence[str]) -> Resolved:
+        out = EMPTY
+        for alias in aliases:
+            out = out | self.resolve(alias)
+        return out
+
+    def _resolve(self, alias: str) -> Resolved:
+        if alias == "*":
+            return Resolved(nodes=frozenset(self.nodes), star=True)
+        if alias == "autogroup:danger-all":
+            return Resolved(nodes=frozenset(self.nodes), danger_all=True)
+        if alias == "autogroup:internet":
+            return Resolved(internet=True)
+        if alias == "autogroup:member":
+            return Resolved(nodes=frozenset(n for ids in self._user_nodes.values() for n in ids))
+        if alias == "autogroup:tagged":
+            return Resolved(nodes=frozenset(n.id for n in self.nodes.values() if n.tags))
+        if alias.startswith("autogroup:"):
+            return EMPTY
+        if alias.startswith("tag:"):
+            return Resolved(nodes=frozenset(self._tag_nodes.get(alias, ())))
+        if alias.startswith("group:"):
+            return Resolved(nodes=frozenset(n for u in self.group_users(alias) for n in self.user_nodes(u)))
+        if "@" in alias:
+            return Resolved(nodes=frozenset(n for u in self.user_ids(alias) for n in self.user_nodes(u)))
+        text = self.policy.hosts.get(alias, alias)
+        return Resolved(prefixes=frozenset({parse_network(text)}))
+
+    def src_ipset(self, resolved: Resolved) -> IPSet:
+        """Source addresses: node addresses, literal prefixes, and for `*` the approved routes."""
+        nets: set[IPNetwork] = set(resolved.prefixes)
+        if resolved.danger_all:
+            nets.update(EXIT_ROUTES)
+        if resolved.star:
+            for routes in self.routes.values():
+                nets.update(r for r in routes if not is_exit_route(r))
+            return IPSet(frozenset(nets), tailnet=True)
+        for nid in resolved.nodes:
+            nets.update(self.node_nets[nid])
+        return IPSet(frozenset(nets))
+
+    def node_matches(self, nid: int, resolved: Resolved) -> bool:
+        """Does traffic to node `nid` (its addresses or approved routes) fall under `resolved`?"""
+        if resolved.star or resolved.danger_all or nid in resolved.nodes:
+            return True
+        if resolved.internet and nid in self.exit_nodes():
+            return True
+        nets = self.node_nets[nid] + tuple(r for r in self.routes[nid] if not is_exit_route(r))
+        return any(p.version == n.version and p.overlaps(n) for p in resolved.prefixes for n in nets)  # type: ignore[arg-type]
+
+    def node_in_src(self, nid: int, resolved: Resolved) -> bool:
+        if resolved.star or resolved.danger_all or nid in resolved.nodes:
+            return True
+        return any(p.version == n.version and n.subnet_of(p)  # type: ignore[arg-type]
+                   for p in resolved.prefixes for n in self.node_nets[nid])

@@ -1,0 +1,128 @@
+"""`compile_policy` and the per-topology result the server queries per node.
+
+Aliases and rules are resolved once; per-node answers (filter, peers, SSH policy) are computed
+on first use and cached, so a map update for one node does not pay for the whole tailnet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from .aliases import Resolver
+from .filter import PreparedRule, node_filter_rules, prepare, self_sources
+from .ipset import is_exit_route
+from .model import Explanation, PolicyNode, PolicyUser
+from .parse import Policy
+from .ssh import node_ssh_policy
+
+ALLOW_ALL = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
+
+
+class CompiledPolicy:
+    """A policy resolved against one topology (users + nodes)."""
+
+    def __init__(self, policy: Policy | None, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode],
+                 ssh_check_url: str = "https://unused") -> None:
+        self.policy = policy
+        self.ssh_check_url = ssh_check_url
+        self.users = tuple(users)
+        self.nodes = tuple(nodes)
+        self.resolver = Resolver(policy or _EMPTY_POLICY, users, nodes)
+        self.allow_all = policy is None or not policy.has_rules
+        self.prepared: list[PreparedRule] = (
+            [] if self.allow_all or policy is None else [prepare(r, self.resolver) for r in policy.rules]
+        )
+        self._filters: dict[int, list[dict[str, Any]]] = {}
+        self._peers: dict[int, frozenset[int]] = {}
+
+    def with_node_changed(self, node: PolicyNode) -> CompiledPolicy:
+        """A recompiled copy after one node's tags, user, addresses or routes changed."""
+        nodes = [node if n.id == node.id else n for n in self.nodes]
+        if all(n.id != node.id for n in self.nodes):
+            nodes.append(node)
+        return CompiledPolicy(self.policy, self.users, nodes)
+
+    def packet_filter(self, node_id: int) -> list[dict[str, Any]]:
+        if self.allow_all:
+            return [dict(r) for r in ALLOW_ALL]
+        rules = self._filters.get(node_id)
+        if rules is None:
+            rules = self._filters[node_id] = node_filter_rules(node_id, self.prepared, self.resolver)
+        return rules
+
+    @cached_property
+    def _edges(self) -> list[tuple[frozenset[int], frozenset[int], PreparedRule]]:
+        """(sources, destinations) node sets per rule, for visibility."""
+        r = self.resolver
+        all_nodes = [n.id for n in self.nodes]
+        out = []
+        for rule in self.prepared:
+            srcs = frozenset(n for n in all_nodes if r.node_in_src(n, rule.src))
+            dsts = frozenset(n for n in all_nodes if r.node_matches(n, rule.dst))
+            out.append((srcs, dsts, rule))
+        return out
+
+    def visible_peers(self, node_id: int) -> frozenset[int]:
+        cached = self._peers.get(node_id)
+        if cached is not None:
+            return cached
+        if self.allow_all:
+            peers = frozenset(n.id for n in self.nodes)
+        else:
+            peers = frozenset()
+            for srcs, dsts, rule in self._edges:
+                if node_id in dsts:
+                    peers |= srcs
+                if node_id in srcs:
+                    peers |= dsts
+                if rule.self_dst:
+                    peers |= self_sources(node_id, rule, self.resolver)
+                    if node_id in rule.src.nodes or rule.src.star:
+                        node = self.resolver.nodes[node_id]
+                        if not node.tags and node.user_id is not None:
+                            peers |= self.resolver.user_nodes(node.user_id)
+        peers = peers - {node_id}
+        self._peers[node_id] = peers
+        return peers
+
+    @cached_property
+    def _primaries(self) -> dict[str, int]:
+        """Prefix -> the node serving it: the earliest registered (lowest id) approved router."""
+        out: dict[str, int] = {}
+        for nid in sorted(self.resolver.routes):
+            for route in self.resolver.routes[nid]:
+                if not is_exit_route(route):
+                    out.setdefault(str(route), nid)
+        return out
+
+    def primary_routes(self, peer_id: int) -> list[str]:
+        return [p for p, nid in self._primaries.items() if nid == peer_id]
+
+    def peer_allowed_ips(self, viewer_id: int, peer_id: int) -> list[str]:
+        node = self.resolver.nodes[peer_id]
+        out = [str(n) for n in self.resolver.node_nets[peer_id]]
+        out += self.primary_routes(peer_id)
+        out += [str(r) for r in self.resolver.routes[peer_id] if is_exit_route(r)]
+        del node, viewer_id
+        return out
+
+    def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
+        """The node's SSHPolicy; `None` when the policy has no `ssh` section."""
+        if self.policy is None:
+            return None
+        return node_ssh_policy(node_id, self.policy.ssh, self.resolver, self.ssh_check_url)
+
+    def explain(self, src_node_id: int, dst_node_id: int, port: int, proto: str = "tcp") -> Explanation:
+        from .explain import explain
+
+        return explain(self, src_node_id, dst_node_id, port, proto)
+
+
+_EMPTY_POLICY = Policy({}, {}, {}, [], [], {}, [], [], [], [], {}, {})
+
+
+def compile_policy(policy: Policy | None, users: Sequence[PolicyUser], nodes: Sequence[PolicyNode]) -> CompiledPolicy:
+    """Resolve `policy` against the tailnet; `None` (no policy) allows everything."""
+    return CompiledPolicy(policy, users, nodes)

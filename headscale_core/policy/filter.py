@@ -1,0 +1,143 @@
+"""Network rules (ACLs and grants) -> per-node tailcfg FilterRules.
+
+Each rule is resolved once (`PreparedRule`); a node's filter is then the prepared rules that
+name it as destination, with DstPorts reduced to the entries that reach that node (its own
+addresses, subnet routes it serves, or the internet when it is an exit node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .aliases import Resolved, Resolver
+from .ipset import IPSet, format_ip, is_exit_route
+from .parse import NetRule
+from .ports import PortRange
+
+INTERNET_V4 = ("0.0.0.0-9.255.255.255", "11.0.0.0-100.63.255.255", "100.128.0.0-169.253.255.255",
+               "169.255.0.0-172.15.255.255", "172.32.0.0-192.167.255.255", "192.169.0.0-255.255.255.255")
+INTERNET_V6 = ("2000::-3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",)
+
+
+@dataclass(frozen=True)
+class PreparedTarget:
+    alias: str
+    resolved: Resolved
+    protos: tuple[int, ...]
+    ports: tuple[PortRange, ...]
+
+
+@dataclass(frozen=True)
+class PreparedRule:
+    """A `NetRule` with its aliases resolved against the topology."""
+
+    rule: NetRule
+    src: Resolved
+    src_ips: IPSet
+    targets: tuple[PreparedTarget, ...]
+    dst: Resolved  # union of all destinations (for app grants and visibility)
+    self_dst: bool  # some destination is autogroup:self
+
+    @property
+    def proto_groups(self) -> list[tuple[int, ...]]:
+        seen: list[tuple[int, ...]] = []
+        for t in self.targets:
+            if t.protos not in seen:
+                seen.append(t.protos)
+        return seen
+
+
+def prepare(rule: NetRule, resolver: Resolver) -> PreparedRule:
+    src = resolver.resolve_all(rule.srcs)
+    targets = tuple(
+        PreparedTarget(t.alias, resolver.resolve(t.alias), t.protos, t.ports)
+        for t in rule.targets
+        if t.alias != "autogroup:self"
+    )
+    dst = resolver.resolve_all([d for d in rule.dsts if d != "autogroup:self"])
+    return PreparedRule(rule, src, resolver.src_ipset(src), targets, dst, "autogroup:self" in rule.dsts)
+
+
+def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver) -> list[dict[str, Any]]:
+    """The FilterRules node `nid` receives, in policy order."""
+    out: list[dict[str, Any]] = []
+    for rule in prepared:
+        for protos in rule.proto_groups:
+            dst_ports = [entry for t in rule.targets if t.protos == protos
+                         for entry in _dst_entries(nid, t, resolver)]
+            if dst_ports:
+                out.append(_filter_rule(rule.src_ips.src_strings(), dst_ports, protos))
+        if rule.self_dst:
+            out.extend(_self_rules(nid, rule, resolver))
+        if rule.rule.app:
+            dsts = _cap_dsts(nid, rule, resolver)
+            if dsts:
+                out.append({"SrcIPs": rule.src_ips.src_strings(),
+                            "CapGrant": [{"Dsts": dsts, "CapMap": rule.rule.app}]})
+    return out
+
+
+def self_sources(nid: int, rule: PreparedRule, resolver: Resolver) -> frozenset[int]:
+    """Nodes allowed to reach `nid` through an autogroup:self destination of `rule`."""
+    node = resolver.nodes[nid]
+    if node.tags or node.user_id is None:
+        return frozenset()
+    same_user = resolver.user_nodes(node.user_id)
+    if rule.src.star or rule.src.danger_all:
+        return same_user
+    return same_user & rule.src.nodes
+
+
+def _self_rules(nid: int, rule: PreparedRule, resolver: Resolver) -> list[dict[str, Any]]:
+    sources = self_sources(nid, rule, resolver)
+    if not sources:
+        return []
+    src = IPSet.of(net for s in sources for net in resolver.node_nets[s])
+    out = []
+    for protos in _self_proto_groups(rule):
+        ports = [p for t in rule.rule.targets if t.alias == "autogroup:self" and t.protos == protos for p in t.ports]
+        entries = [{"IP": format_ip(net), "Ports": p.as_json()} for net in resolver.node_nets[nid] for p in ports]
+        out.append(_filter_rule(src.src_strings(), entries, protos))
+    return out
+
+
+def _self_proto_groups(rule: PreparedRule) -> list[tuple[int, ...]]:
+    seen: list[tuple[int, ...]] = []
+    for t in rule.rule.targets:
+        if t.alias == "autogroup:self" and t.protos not in seen:
+            seen.append(t.protos)
+    return seen
+
+
+def _filter_rule(src: list[str], dst_ports: list[dict[str, Any]], protos: tuple[int, ...]) -> dict[str, Any]:
+    rule: dict[str, Any] = {"SrcIPs": src, "DstPorts": dst_ports}
+    if protos:
+        rule["IPProto"] = list(protos)
+    return rule
+
+
+def _dst_entries(nid: int, target: PreparedTarget, resolver: Resolver) -> list[dict[str, Any]]:
+    d = target.resolved
+    ips: list[str] = []
+    if d.star or d.danger_all:
+        ips.append("*")
+    else:
+        if nid in d.nodes:
+            ips.extend(format_ip(n) for n in resolver.node_nets[nid])
+        if d.internet and nid in resolver.exit_nodes():
+            ips.extend(INTERNET_V4 + INTERNET_V6)
+        reach = resolver.node_nets[nid] + tuple(r for r in resolver.routes[nid] if not is_exit_route(r))
+        for prefix in sorted(d.prefixes, key=str):
+            if any(prefix.version == r.version and prefix.overlaps(r) for r in reach):  # type: ignore[arg-type]
+                ips.append(format_ip(prefix))
+    return [{"IP": ip, "Ports": p.as_json()} for ip in dict.fromkeys(ips) for p in target.ports]
+
+
+def _cap_dsts(nid: int, rule: PreparedRule, resolver: Resolver) -> list[str]:
+    d = rule.dst
+    if d.star or nid in d.nodes:
+        return [str(n) for n in resolver.node_nets[nid]]
+    reach = resolver.node_nets[nid] + tuple(r for r in resolver.routes[nid] if not is_exit_route(r))
+    return [str(p) for p in sorted(d.prefixes, key=str)
+            if any(p.version == r.version and p.overlaps(r) for r in reach)]  # type: ignore[arg-type]

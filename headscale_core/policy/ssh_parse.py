@@ -1,0 +1,124 @@
+"""Parsing and validation of the `ssh` and `sshTests` sections."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .model import PolicyError
+from .validate import AliasContext, check_alias
+
+MAX_CHECK_PERIOD = 168 * 3600.0
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """A Go `time.Duration` string (`12h`, `1h30m`, `-1m`) in seconds."""
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    if body == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(body):
+        match = _DURATION_PART.match(body, pos)
+        if not match:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not body:
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * total
+
+
+def format_go_duration(seconds: float) -> str:
+    """Seconds the way Go prints a Duration (`168h0m1s`, `-1m0s`)."""
+    if seconds == 0:
+        return "0s"
+    sign = "-" if seconds < 0 else ""
+    rest = abs(seconds)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    secs_text = f"{secs:g}s"
+    if hours:
+        return f"{sign}{int(hours)}h{int(minutes)}m{secs_text}"
+    if minutes:
+        return f"{sign}{int(minutes)}m{secs_text}"
+    return f"{sign}{secs_text}"
+
+
+def parse_ssh_rules(entries: Sequence[dict[str, Any]], ctx: AliasContext) -> list:
+    from .parse import SSHRule
+
+    rules = []
+    for index, entry in enumerate(entries):
+        action = entry.get("action")
+        if not action:
+            raise PolicyError("action must be specified")
+        if action not in ("accept", "check"):
+            raise PolicyError(f'"{action}" is not a valid action')
+        users = entry.get("users")
+        if not users:
+            raise PolicyError("users must be specified")
+        for user in users:
+            check_ssh_user(user)
+        srcs = tuple(entry.get("src") or [])
+        dsts = tuple(entry.get("dst") or [])
+        for src in srcs:
+            check_alias(src, "src", ctx)
+        for dst in dsts:
+            if dst in ctx.hosts:
+                raise PolicyError(f'invalid dst "{dst}"')
+            check_alias(dst, "dst", ctx)
+        accept_env = entry.get("acceptEnv") or []
+        if any(not e for e in accept_env):
+            raise PolicyError("acceptEnv values cannot be empty")
+        rules.append(SSHRule(index, action, srcs, dsts, tuple(users), _check_period(entry), tuple(accept_env)))
+    return rules
+
+
+def check_ssh_user(user: str) -> None:
+    if user in ("", "*"):
+        raise PolicyError(f'user "{user}" is not valid')
+    if user.startswith("localpart:"):
+        domain = user.removeprefix("localpart:").partition("@")[2]
+        if not user.startswith("localpart:*@") or "*" in domain:
+            raise PolicyError(f"{domain or user} is not associated with this Tailnet and cannot be used in user:*@<domain> expressions")
+
+
+def _check_period(entry: dict[str, Any]) -> float | None:
+    text = entry.get("checkPeriod")
+    if text in (None, ""):
+        return None
+    if text == "always":
+        return 0.0
+    seconds = parse_go_duration(str(text))
+    if seconds <= 0:
+        raise PolicyError(f"checkPeriod {format_go_duration(seconds)} must be a positive duration")
+    if seconds > MAX_CHECK_PERIOD:
+        raise PolicyError(f"checkPeriod {format_go_duration(seconds)} is above the max (168h)")
+    return seconds
+
+
+def parse_ssh_tests(tests: Sequence[dict[str, Any]], ctx: AliasContext) -> None:
+    for test in tests:
+        for dst in test.get("dst") or []:
+            if dst.startswith("tag:") and dst not in ctx.tag_owners:
+                raise PolicyError(f'SSH tests dst contains unknown tag "{dst}"')
+            if dst.startswith("autogroup:internet") or _is_ip(dst):
+                raise PolicyError(f'SSH tests dst contains disallowed element "{dst}"')
+        for key in ("accept", "deny", "check"):
+            for user in test.get(key) or []:
+                if user == "*":
+                    raise PolicyError(f'user "{user}" is not valid')
+
+
+def _is_ip(text: str) -> bool:
+    from .ipset import parse_network
+
+    try:
+        parse_network(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,82 @@
+"""Checks on single policy values (aliases, tag names, groups, capability names).
+
+The messages are the ones Tailscale's service answers with, so a policy rejected here reads
+the same as it would there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .ipset import parse_network
+from .model import PolicyError
+
+AUTOGROUPS = frozenset({
+    "autogroup:member", "autogroup:tagged", "autogroup:self", "autogroup:internet",
+    "autogroup:danger-all", "autogroup:admin", "autogroup:owner", "autogroup:nonroot",
+    "autogroup:shared", "autogroup:it-admin", "autogroup:network-admin", "autogroup:billing-admin",
+    "autogroup:auditor",
+})
+
+
+class AliasContext(Protocol):
+    groups: dict[str, list[str]]
+    tag_owners: dict[str, list[str]]
+    hosts: dict[str, str]
+
+
+def check_tag_name(tag: str) -> None:
+    name = tag.removeprefix("tag:")
+    if not tag.startswith("tag:") or not name:
+        raise PolicyError(f'tagOwners["{tag}"]: tag names must start with \'tag:\'')
+    if not (name[0].isascii() and name[0].isalpha()):
+        raise PolicyError(f"tagOwners[\"{tag}\"]: tag names must start with a letter, after 'tag:'")
+
+
+def check_groups(groups: Mapping[str, Sequence[str]]) -> None:
+    for name, members in groups.items():
+        for member in members:
+            if isinstance(member, str) and member.startswith("group:"):
+                raise PolicyError(f'groups["{name}"]: "{member}": group members cannot be recursive')
+
+
+def check_alias(alias: str, field: str, ctx: AliasContext) -> None:
+    """Reject aliases that name nothing the policy defines (tags, groups, hosts)."""
+    if alias.startswith("tag:"):
+        if alias not in ctx.tag_owners:
+            raise PolicyError(f'{field}=tag not found: "{alias}"')
+    elif alias.startswith("group:"):
+        if alias not in ctx.groups:
+            raise PolicyError(f'{field}=group not found: "{alias}"')
+    elif alias.startswith("autogroup:"):
+        if alias not in AUTOGROUPS:
+            raise PolicyError(f'{field}="{alias}": unknown autogroup')
+    elif alias == "*" or "@" in alias or alias in ctx.hosts:
+        return
+    else:
+        try:
+            parse_network(alias)
+        except ValueError:
+            raise PolicyError(f'{field}="{alias}": not a user, group, tag, host or IP') from None
+
+
+def check_ip_dst_for_app(dst: str) -> None:
+    if dst in ("0.0.0.0/0", "::/0"):
+        raise PolicyError(f'dst "{dst}": to allow all IP addresses, use "*" or "autogroup:internet"')
+
+
+def check_app(app: Mapping[str, Any], dsts: Sequence[str]) -> None:
+    if "autogroup:internet" in dsts:
+        raise PolicyError("cannot use app grants with autogroup:internet")
+    for name in app:
+        bare = name.removeprefix("https://")
+        domain, slash, path = bare.partition("/")
+        if not slash or not domain or not path:
+            raise PolicyError("capability name must have the form {domain}/{path}")
+        if domain == "tailscale.com" and not _allowed_tailscale_cap(path):
+            raise PolicyError("capability name must not be in the tailscale.com domain")
+
+
+def _allowed_tailscale_cap(path: str) -> bool:
+    return path.startswith("cap/")
