@@ -1,1 +1,1 @@
-"""builtin"""
+"""The built-in defaults, registered as plugins through the same path as third-party ones."""

@@ -1,0 +1,60 @@
+"""The NodeStore: the in-memory snapshot of users and nodes that every read is served from.
+
+Only the state service writes it, after the database commit; the mapper and handlers read it
+without touching the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from headscale_core.state.model import Node, User
+
+
+class NodeStore:
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+        self.users: dict[int, User] = {}
+        self._by_node_key: dict[str, int] = {}
+        self._by_machine_key: dict[str, int] = {}
+        self.online: set[int] = set()
+        self.version = 0
+
+    def load(self, users: Iterable[User], nodes: Iterable[Node]) -> None:
+        for user in users:
+            self.users[user.id] = user
+        for node in nodes:
+            self.put(node)
+
+    def put(self, node: Node) -> None:
+        old = self.nodes.get(node.id)
+        if old is not None:
+            self._by_node_key.pop(old.node_key, None)
+            self._by_machine_key.pop(old.machine_key, None)
+        self.nodes[node.id] = node
+        self._by_node_key[node.node_key] = node.id
+        self._by_machine_key[node.machine_key] = node.id
+        self.version += 1
+
+    def remove(self, node_id: int) -> Node | None:
+        node = self.nodes.pop(node_id, None)
+        if node is not None:
+            self._by_node_key.pop(node.node_key, None)
+            self._by_machine_key.pop(node.machine_key, None)
+            self.online.discard(node_id)
+            self.version += 1
+        return node
+
+    def by_node_key(self, node_key: str) -> Node | None:
+        node_id = self._by_node_key.get(node_key)
+        return self.nodes.get(node_id) if node_id is not None else None
+
+    def by_machine_key(self, machine_key: str) -> Node | None:
+        node_id = self._by_machine_key.get(machine_key)
+        return self.nodes.get(node_id) if node_id is not None else None
+
+    def given_names(self) -> set[str]:
+        return {n.given_name for n in self.nodes.values()}
+
+    def nodes_of_user(self, user_id: int) -> list[Node]:
+        return [n for n in self.nodes.values() if n.user_id == user_id]
