@@ -109,9 +109,11 @@ class TailscaleNode:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k.upper() not in _DROPPED_ENV}
-        home = self.workdir / "home"
+        home, logs = self.workdir / "home", self.workdir / "logs"
         home.mkdir(parents=True, exist_ok=True)
-        return env | CLIENT_ENV | {"HOME": str(home)} | self._extra_env
+        logs.mkdir(exist_ok=True)
+        # Without TS_LOGS_DIR, tailscaled keeps its log ID in /var/lib/tailscale, outside the test.
+        return env | CLIENT_ENV | {"HOME": str(home), "TS_LOGS_DIR": str(logs)} | self._extra_env
 
     async def start(self, timeout: float = 20.0) -> None:
         """Start tailscaled and wait until its local API answers."""
