@@ -89,6 +89,10 @@ def frame_name(frame_type: int) -> str:
     return FrameType(frame_type).name if frame_type in FrameType._value2member_map_ else f"0x{frame_type:02x}"
 
 
+def encode_header(frame_type: int, length: int) -> bytes:
+    return _HEADER.pack(frame_type, length)
+
+
 def encode_frame(frame_type: int, payload: bytes) -> bytes:
     return _HEADER.pack(frame_type, len(payload)) + payload
 
