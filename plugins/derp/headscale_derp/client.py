@@ -16,6 +16,8 @@ from headscale_derp.connection import DerpConnection, Event, Role, ServerInfoRec
 from headscale_derp.frames import Frame, FrameType, RecvPacket, RemoteProtocolError
 from headscale_derp.handshake import ClientInfo, ServerInfo, public_key
 
+CONNECT_TIMEOUT = 10.0  # the budget tailscaled gives a whole DERP connect
+
 
 class UpgradeRefused(RemoteProtocolError):
     """The server answered the ``/derp`` request with something other than 101."""
@@ -49,7 +51,6 @@ class DerpClient:
         fast_start_key: bytes | None = None,
         ssl: ssl_module.SSLContext | None = None,
         headers: tuple[tuple[str, str], ...] = (),
-        timeout: float = 10.0,
     ) -> DerpClient:
         """Dial ``http(s)://host:port/derp``, upgrade and finish the handshake."""
         parts = urlsplit(url)
@@ -59,7 +60,7 @@ class DerpClient:
         if secure and ssl is None:
             ssl = ssl_module.create_default_context()
         conn = DerpConnection(Role.CLIENT, private_key, client_info=client_info, server_key=fast_start_key)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(CONNECT_TIMEOUT):
             reader, writer = await asyncio.open_connection(host, port, ssl=ssl if secure else None)
             client = cls(reader, writer, conn, private_key)
             try:

@@ -51,8 +51,11 @@ async def stop_relay(running: RunningRelay) -> None:
     await running.server.wait_closed()
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` is true, polling every 10 ms; TimeoutError after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not check():
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until ``check()`` is true, polling every 10 ms; TimeoutError after ``within`` s.
+
+    Polling is deliberate: the checks read relay state and metrics that have no event.
+    """
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
