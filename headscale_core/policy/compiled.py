@@ -12,9 +12,10 @@ from typing import Any
 
 from .aliases import Resolver
 from .filter import PreparedRule, node_filter_rules, prepare, self_sources
-from .ipset import is_exit_route
+from .ipset import IPNetwork, is_exit_route, parse_network
 from .model import Explanation, PolicyNode, PolicyUser
-from .parse import Policy
+from .parse import NetRule, Policy, Target
+from .ports import ALL_PORTS
 from .ssh import node_ssh_policy
 
 ALLOW_ALL = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
@@ -30,10 +31,10 @@ class CompiledPolicy:
         self.users = tuple(users)
         self.nodes = tuple(nodes)
         self.resolver = Resolver(policy or _EMPTY_POLICY, users, nodes)
-        self.allow_all = policy is None or not policy.has_rules
-        self.prepared: list[PreparedRule] = (
-            [] if self.allow_all or policy is None else [prepare(r, self.resolver) for r in policy.rules]
-        )
+        self.allow_all = policy is None
+        # A policy without acls and grants gets Tailscale's default: everyone reaches everything.
+        rules = [] if policy is None else policy.rules if policy.has_rules else [DEFAULT_RULE]
+        self.prepared: list[PreparedRule] = [prepare(r, self.resolver) for r in rules]
         self._filters: dict[int, list[dict[str, Any]]] = {}
         self._peers: dict[int, frozenset[int]] = {}
 
@@ -101,12 +102,26 @@ class CompiledPolicy:
         return [p for p, nid in self._primaries.items() if nid == peer_id]
 
     def peer_allowed_ips(self, viewer_id: int, peer_id: int) -> list[str]:
-        node = self.resolver.nodes[peer_id]
         out = [str(n) for n in self.resolver.node_nets[peer_id]]
-        out += self.primary_routes(peer_id)
-        out += [str(r) for r in self.resolver.routes[peer_id] if is_exit_route(r)]
-        del node, viewer_id
-        return out
+        routes = [parse_network(p) for p in self.primary_routes(peer_id)]
+        routes += [r for r in self.resolver.routes[peer_id] if is_exit_route(r)]
+        return out + [str(r) for r in routes if self._may_use_route(viewer_id, r)]
+
+    def _may_use_route(self, viewer_id: int, route: IPNetwork) -> bool:
+        """A route is offered to a viewer that some rule lets send traffic into it."""
+        if self.allow_all:
+            return True
+        for srcs, _, rule in self._edges:
+            if viewer_id not in srcs:
+                continue
+            dst = rule.dst
+            if is_exit_route(route):
+                if dst.internet:
+                    return True
+            elif dst.star or any(p.version == route.version and p.overlaps(route)  # type: ignore[arg-type]
+                                 for p in dst.prefixes):
+                return True
+        return False
 
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
         """The node's SSHPolicy; `None` when the policy has no `ssh` section."""
@@ -120,6 +135,8 @@ class CompiledPolicy:
         return explain(self, src_node_id, dst_node_id, port, proto)
 
 
+DEFAULT_RULE = NetRule("acls", 0, '{"action": "accept", "dst": ["*:*"], "src": ["*"]}', ("*",),
+                       (Target("*", (), ALL_PORTS),), ("*",))
 _EMPTY_POLICY = Policy({}, {}, {}, [], [], {}, [], [], [], [], {}, {})
 
 

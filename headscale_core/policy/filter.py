@@ -75,7 +75,25 @@ def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver
             if dsts:
                 out.append({"SrcIPs": rule.src_ips.src_strings(),
                             "CapGrant": [{"Dsts": dsts, "CapMap": rule.rule.app}]})
-    return out
+    return _merge(out)
+
+
+def _merge(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold network rules with the same sources and protocols into the first of them."""
+    merged: list[dict[str, Any]] = []
+    by_key: dict[tuple[tuple[str, ...], tuple[int, ...]], dict[str, Any]] = {}
+    for rule in rules:
+        if "DstPorts" not in rule:
+            merged.append(rule)
+            continue
+        key = (tuple(rule["SrcIPs"]), tuple(rule.get("IPProto", ())))
+        first = by_key.get(key)
+        if first is None:
+            by_key[key] = rule
+            merged.append(rule)
+        else:
+            first["DstPorts"] = first["DstPorts"] + [d for d in rule["DstPorts"] if d not in first["DstPorts"]]
+    return merged
 
 
 def self_sources(nid: int, rule: PreparedRule, resolver: Resolver) -> frozenset[int]:
