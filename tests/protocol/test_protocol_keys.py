@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_public_from_private_matches_reference_vector() -> None:
         (PrivateKey, "privkey:"),
     ],
 )
-def test_text_form_round_trips(cls: type, prefix: str) -> None:
+def test_text_form_round_trips(cls: Any, prefix: str) -> None:
     key = cls(bytes(range(32)))
     text = str(key)
     assert text == prefix + bytes(range(32)).hex()
