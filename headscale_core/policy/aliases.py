@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .ipset import EXIT_ROUTES, IPNetwork, IPSet, is_exit_route, parse_network
+from .ipset import EXIT_ROUTES, IPAddress, IPNetwork, IPSet, is_exit_route, parse_network
 from .model import PolicyNode, PolicyUser
 from .parse import Policy
 
@@ -56,6 +56,7 @@ class Resolver:
             elif node.user_id is not None:
                 self._user_nodes.setdefault(node.user_id, set()).add(node.id)
         self._cache: dict[str, Resolved] = {}
+        self._ip_index: dict[IPAddress, int] | None = None
 
     def user_ids(self, token: str) -> list[int]:
         token = token.removeprefix("user:").lower()
@@ -109,6 +110,16 @@ class Resolver:
             return Resolved(nodes=frozenset(n for u in self.user_ids(alias) for n in self.user_nodes(u)))
         text = self.policy.hosts.get(alias, alias)
         return Resolved(prefixes=frozenset({parse_network(text)}))
+
+    def node_by_ip(self, ip: IPAddress) -> int | None:
+        if self._ip_index is None:
+            self._ip_index = {net.network_address: nid for nid, nets in self.node_nets.items() for net in nets}
+        return self._ip_index.get(ip)
+
+    def routed(self, ip: IPAddress) -> bool:
+        """Is `ip` inside some node's approved subnet route?"""
+        return any(ip.version == r.version and ip in r and not is_exit_route(r)
+                   for routes in self.routes.values() for r in routes)
 
     def src_ipset(self, resolved: Resolved) -> IPSet:
         """Source addresses: node addresses, literal prefixes, and for `*` the approved routes."""
