@@ -24,6 +24,7 @@ from headscale_core.state.changes import (
     NodeChanged,
     NodePatched,
     NodeRemoved,
+    PolicyChanged,
     SelfChanged,
     UserChanged,
 )
@@ -401,6 +402,48 @@ class StateService:
         return await self.save_node(node.replace(approved_routes=tuple(sorted(set(clean)))),
                                     NodeChanged(node.id, topology=True), SelfChanged(node.id),
                                     actor=actor, kind="node.approve_routes")
+
+    async def set_node_expiry(self, node: Node, when: datetime | None, actor: str = "cli") -> Node:
+        """Set (or, with None, remove) a node's key expiry; ``expire_node`` is the "now" case."""
+        return await self.save_node(node.replace(expiry=when), NodePatched(node.id, frozenset({"KeyExpiry"})),
+                                    SelfChanged(node.id), actor=actor, kind="node.expire")
+
+    # ---- policy and health ----------------------------------------------------------------
+
+    async def set_policy(self, text: str, actor: str = "cli") -> None:
+        """Validate, persist through the configured ``policy.mode`` source, then apply.
+
+        A read-only source (``policy.mode: file``) raises ``PolicySourceReadOnly`` before
+        anything changes; an invalid policy raises ``InvalidRequest`` before it is stored.
+        """
+        self.policy.validate(text)
+        await self.policy.source().store(text)
+        self.policy.apply(text)
+        self.audit("policy.set", actor, subject="policy")
+        await self.emit(PolicyChanged())
+
+    async def policy_updated_at(self) -> datetime | None:
+        """When the stored policy last changed (``policy.mode: database`` only; None otherwise)."""
+        if self.config.policy.mode != "database":
+            return None
+        from sqlalchemy import select
+
+        from headscale_core.storage.models import PolicyRow
+
+        async with self.storage.transaction() as s:
+            return await s.scalar(select(PolicyRow.updated_at).order_by(PolicyRow.id.desc()).limit(1))
+
+    async def database_ok(self) -> bool:
+        """Can the database answer a query right now (``/api/v1/health``)?"""
+        from sqlalchemy import text
+
+        try:
+            async with self.storage.transaction() as s:
+                await s.execute(text("SELECT 1"))
+        except Exception:
+            log.exception("database health check failed for %s", self.storage.describe())
+            return False
+        return True
 
     # ---- online state and ephemeral GC ----------------------------------------------------
 
