@@ -196,6 +196,11 @@ class DerpConnection:
                 if item is None:
                     break
                 if isinstance(item, UnknownFrame):
+                    if self.state is not State.ESTABLISHED:
+                        raise RemoteProtocolError(
+                            f"{frame_name(item.frame_type)} frame before the handshake finished",
+                            item.frame_type,
+                        )
                     events.append(item)
                     continue
                 event = self._handle(*item)

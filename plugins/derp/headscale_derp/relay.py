@@ -105,6 +105,7 @@ class Relay:
         self.sent_to: dict[bytes, set[ClientSession]] = {}
         self._not_here: dict[ClientSession, _NotHereLimiter] = {}
         self._sessions: set[ClientSession] = set()
+        self._handshaking: set[asyncio.StreamWriter] = set()
         self.collector = metrics.register(registry, self.stats, self.gauges, self.stun_stats)
 
     # -- accepting -------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ class Relay:
         conn = DerpConnection(Role.SERVER, self.private_key)
         writer.write(conn.data_to_send())
         session: ClientSession | None = None
+        self._handshaking.add(writer)
         try:
             async with asyncio.timeout(self.limits.handshake_timeout):
                 received = await _read_client_info(conn, reader, buffered)
@@ -138,6 +140,7 @@ class Relay:
                 log.info("refused nodekey:%s from %s: not a known node", received.client_key.hex(), remote[0])
                 conn.reject()
                 return
+            self._handshaking.discard(writer)
             pending = conn.accept()
             session = ClientSession(
                 self, conn, reader, writer, key=received.client_key, info=info,
@@ -157,6 +160,7 @@ class Relay:
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._handshaking.discard(writer)
             if session is not None:
                 session.close()
                 self._unregister(session)
@@ -372,6 +376,9 @@ class Relay:
         )
 
     def close_all(self) -> None:
+        """Drop every connection, including those still in the handshake (shutdown)."""
+        for writer in list(self._handshaking):
+            writer.transport.abort()
         for session in list(self._sessions):
             session.close()
 
