@@ -78,7 +78,7 @@ async def serve_ts2021(
     try:
         # Like Go's server, switch protocols first: handshake errors travel on the raw stream.
         try:
-            result = _responder(private_key).respond(initiation)
+            result = responder_for(private_key).respond(initiation)
         except HandshakeError as exc:
             log.warning("ts2021 %s: Noise handshake failed: %s", remote, exc)
             channel.write(SWITCHING_PROTOCOLS + (exc.error_frame or b""))
@@ -138,7 +138,8 @@ class StreamChannel(ByteChannel):
 
 
 @functools.lru_cache(maxsize=4)
-def _responder(private_key: bytes) -> NoiseResponder:
+def responder_for(private_key: bytes) -> NoiseResponder:
+    """A shared responder per server key (its public half is computed once)."""
     return NoiseResponder(private_key)
 
 
@@ -181,7 +182,10 @@ async def _reply_plain(writer: asyncio.StreamWriter, status: int, text: str) -> 
 
 def peer_address(writer: asyncio.StreamWriter) -> str:
     """``ip:port`` (``[ip]:port`` for IPv6) of the client, for logs."""
-    peer = writer.get_extra_info("peername")
+    return format_address(writer.get_extra_info("peername"))
+
+
+def format_address(peer: object) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
