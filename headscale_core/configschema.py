@@ -61,7 +61,7 @@ class DatabaseSection:
 
 @dataclass(frozen=True)
 class DerpServerSection:
-    enabled: bool = doc("Run the built-in DERP relay (plugin headscale-derp).", False)
+    enabled: bool = doc("Run the built-in DERP relay (plugin headscale-derp).", True)
     region_id: int = doc("Region ID of the built-in relay (900-999 are for self-hosted relays).", 999)
     region_code: str = doc("Short region code shown by clients.", "headscale")
     region_name: str = doc("Region name shown by clients.", "Headscale Embedded DERP")

@@ -364,7 +364,8 @@ class StateService:
             raise InvalidRequest(f"cannot rename node {node.id}: {problem}")
         if any(n.given_name == new_name and n.id != node.id for n in self.store.nodes.values()):
             raise Conflict(f"cannot rename node {node.id}: another node is already called {new_name!r}")
-        return await self.save_node(node.replace(given_name=new_name), NodeChanged(node.id), actor=actor,
+        return await self.save_node(node.replace(given_name=new_name), NodeChanged(node.id), SelfChanged(node.id),
+                                    actor=actor,
                                     kind="node.rename")
 
     async def expire_node(self, node: Node, when: datetime | None = None, actor: str = "cli") -> Node:

@@ -1,0 +1,208 @@
+"""The mapper: turns state changes into per-recipient map messages.
+
+Changes arriving within ``tuning.batch_change_delay`` are coalesced into one ``ChangeBatch``.
+For each connected session the batch becomes the smallest message the client understands
+(``PeersChangedPatch``, ``PeersChanged``, ``PeersRemoved``, a new ``PacketFilter`` only when
+that recipient's filter changed). Identical messages are serialised and compressed once per
+batch and the frame is shared; per-session work is proportional to what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from headscale_core.config import parse_duration
+from headscale_core.mapper import wire
+from headscale_core.mapper.session import MapSession
+from headscale_core.protocol.mapstream import MapMessageEncoder
+from headscale_core.state.changes import Change, ChangeBatch
+
+if TYPE_CHECKING:
+    from headscale_core.state.service import StateService
+
+log = logging.getLogger(__name__)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Mapper:
+    def __init__(self, state: StateService, metrics: Any = None) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.sessions: dict[int, MapSession] = {}
+        self.encoder = MapMessageEncoder()
+        self.delay = parse_duration(state.config.tuning.batch_change_delay)
+        self.keepalive = parse_duration(state.config.tuning.keepalive_interval)
+        self._batch = ChangeBatch()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        state.on_change(self.on_change)
+
+    # ---- sessions -----------------------------------------------------------------------
+
+    def open_session(self, node_id: int, stream: Any, capver: int, compress: bool = True) -> MapSession:
+        """Register a new stream for ``node_id`` with its full map queued first. Nothing awaits
+        between building the full map and registering, so no delta can overtake it."""
+        old = self.sessions.get(node_id)
+        if old is not None:
+            old.close()
+        session = MapSession(node_id, stream, capver=capver, keepalive=self.keepalive)
+        full, peers = self.full_map(node_id)
+        session.known_peers = peers
+        session.last_filter = dumps(full.get("PacketFilter"))
+        session.push(self.encode(full, "full"))
+        self.sessions[node_id] = session
+        return session
+
+    def close_session(self, session: MapSession) -> bool:
+        """Forget ``session``; True when it was the node's current one (then the node is offline)."""
+        session.close()
+        if self.sessions.get(session.node_id) is session:
+            del self.sessions[session.node_id]
+            return True
+        return False
+
+    def encode(self, message: dict[str, Any], kind: str) -> bytes:
+        frame = self.encoder.encode(dumps(message))
+        if self.metrics is not None:
+            self.metrics.map_message(kind, len(frame))
+        return frame
+
+    # ---- full maps ------------------------------------------------------------------------
+
+    def full_map(self, node_id: int) -> tuple[dict[str, Any], set[int]]:
+        state = self.state
+        node = state.node(node_id)
+        peers = sorted(pid for pid in state.policy.visible_peers(node_id) if pid in state.store.nodes)
+        peer_nodes = [state.store.nodes[pid] for pid in peers]
+        user_ids = {node.user_id} | {p.user_id for p in peer_nodes}
+        message: dict[str, Any] = {
+            "Node": wire.node_json(state, node, None),
+            "DERPMap": state.derp_map,
+            "DNSConfig": wire.dns_config(state.config),
+            "Domain": state.config.dns.base_domain,
+            "CollectServices": False,
+            "PacketFilter": state.policy.packet_filter(node_id),
+            "UserProfiles": [wire.user_profile(state.store.users.get(uid) if uid else None)
+                             for uid in sorted(user_ids, key=lambda u: u or 0)],
+            "ControlTime": wire.go_time(datetime.now(UTC)),
+        }
+        if peer_nodes:
+            message["Peers"] = [wire.node_json(state, p, node_id) for p in peer_nodes]
+        ssh = state.policy.ssh_policy(node_id)
+        if ssh is not None:
+            message["SSHPolicy"] = ssh
+        if not state.config.logtail.enabled:
+            message["Debug"] = {"DisableLogTail": True}
+        return message, set(peers)
+
+    # ---- batching -------------------------------------------------------------------------
+
+    def on_change(self, changes: list[Change]) -> None:
+        for change in changes:
+            self._batch.add(change)
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(self.delay, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_handle = None
+        batch, self._batch = self._batch, ChangeBatch()
+        if batch:
+            started = time.perf_counter()
+            try:
+                self.apply(batch)
+            except Exception:
+                log.exception("could not fan out a batch of changes; affected sessions are closed to resync")
+                for session in list(self.sessions.values()):
+                    session.close()
+            if self.metrics is not None:
+                self.metrics.batch_done(time.perf_counter() - started)
+
+    def apply(self, batch: ChangeBatch) -> None:
+        state = self.state
+        now = wire.go_time(datetime.now(UTC))
+        shared: dict[tuple[Any, ...], bytes] = {}
+        policy_changed = batch.policy
+        for session in list(self.sessions.values()):
+            viewer = session.node_id
+            if viewer not in state.store.nodes:
+                session.close()
+                continue
+            if state.policy.allow_all:
+                # Everyone sees everyone: no per-session scan of the tailnet, only the delta.
+                visible = (session.known_peers | (batch.changed - {viewer})) - batch.removed
+            elif policy_changed:
+                visible = {pid for pid in state.policy.visible_peers(viewer) if pid in state.store.nodes}
+            else:
+                visible = session.known_peers
+            removed = sorted((batch.removed & session.known_peers) | (session.known_peers - visible))
+            added = visible - session.known_peers
+            changed = sorted(((batch.changed - {viewer}) & visible) | added)
+            patched = sorted(nid for nid in batch.patched if nid in visible and nid not in changed)
+            message: dict[str, Any] = {}
+            key: list[Any] = []
+            if removed:
+                message["PeersRemoved"] = removed
+                key.append(("r", tuple(removed)))
+            if changed:
+                nodes = [wire.node_json(state, state.store.nodes[nid], viewer) for nid in changed]
+                message["PeersChanged"] = nodes
+                key.append(("c", tuple((n["ID"], tuple(n["AllowedIPs"])) for n in nodes)))
+            if patched:
+                message["PeersChangedPatch"] = [
+                    wire.peer_change(state, state.store.nodes[nid], batch.patched[nid]) for nid in patched]
+                key.append(("p", tuple(patched)))
+            personal = False
+            if viewer in batch.self_changed:
+                message["Node"] = wire.node_json(state, state.store.nodes[viewer], None)
+                personal = True
+            if policy_changed or viewer in batch.changed:
+                packet_filter = state.policy.packet_filter(viewer)
+                encoded = dumps(packet_filter)
+                if encoded != session.last_filter:
+                    session.last_filter = encoded
+                    message["PacketFilter"] = packet_filter
+                    key.append(("f", encoded))
+                ssh = state.policy.ssh_policy(viewer)
+                ssh_encoded = dumps(ssh)
+                if ssh is not None and ssh_encoded != session.last_ssh:
+                    session.last_ssh = ssh_encoded
+                    message["SSHPolicy"] = ssh
+                    key.append(("s", ssh_encoded))
+            if batch.derp:
+                message["DERPMap"] = state.derp_map
+                key.append("derp")
+            if batch.users or added:
+                uids = {state.store.nodes[nid].user_id for nid in changed} | set(batch.users)
+                profiles = [wire.user_profile(state.store.users.get(uid) if uid else None)
+                            for uid in sorted(u or 0 for u in uids) if not uid or uid in state.store.users]
+                if profiles:
+                    message["UserProfiles"] = profiles
+                    key.append(("u", tuple(sorted(u or 0 for u in uids))))
+            session.known_peers = visible - set(removed)
+            if not message:
+                continue
+            message["ControlTime"] = now
+            if personal:
+                session.push(self.encode(message, "self"))
+                continue
+            frame_key = tuple(key)
+            frame = shared.get(frame_key)
+            if frame is None:
+                kind = "patch" if set(message) <= {"PeersChangedPatch", "ControlTime"} else "delta"
+                frame = shared[frame_key] = self.encode(message, kind)
+            session.push(frame)
+
+    async def aclose(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        for session in list(self.sessions.values()):
+            session.close()

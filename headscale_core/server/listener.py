@@ -1,0 +1,138 @@
+"""The main listener: reads each connection's first request head itself, then either hands
+the raw connection (with every byte that followed the head) to an upgrade handler, or gives
+the connection to aiohttp.
+
+aiohttp has no supported way to take over a connection after a non-WebSocket ``101``, and
+its upgrade path can lose bytes a client sends right after its request (DERP does). This is
+the one place that touches connection takeover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+
+from headscale_core.providers import ConnectionUpgrade, RequestHead
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 64 * 1024
+
+
+def parse_head(raw: bytes) -> RequestHead | None:
+    """Parse an HTTP/1.x request head (without the final blank line); None if malformed."""
+    try:
+        text = raw.decode("latin-1")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            return None
+        headers.append((name.strip().lower(), value.strip()))
+    return RequestHead(method=parts[0], target=parts[1], version=parts[2], headers=tuple(headers))
+
+
+class FrontProtocol(asyncio.Protocol):
+    def __init__(self, aiohttp_factory: Callable[[], asyncio.Protocol],
+                 upgrades: Mapping[str, ConnectionUpgrade]) -> None:
+        self._aiohttp_factory = aiohttp_factory
+        self._upgrades = upgrades
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._decided = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._decided:  # pragma: no cover - the transport has a new protocol by now
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD:
+                self._reject(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
+            return
+        self._decided = True
+        head = parse_head(bytes(self._buffer[:end]))
+        handler = self._upgrade_for(head) if head is not None else None
+        assert self._transport is not None
+        if head is not None and handler is not None:
+            self._take_over(head, handler, bytes(self._buffer[end + 4:]))
+        else:
+            self._to_aiohttp()
+
+    def _upgrade_for(self, head: RequestHead) -> ConnectionUpgrade | None:
+        handler = self._upgrades.get(head.path)
+        if handler is None:
+            return None
+        # A plain GET of an upgrade path without Upgrade (a browser, a probe) is aiohttp's,
+        # except /ts2021 which answers the missing header itself.
+        if not head.header("upgrade") and head.path != "/ts2021":
+            return None
+        if head.header("upgrade").lower() == "websocket":
+            return None  # WebSocket variants are served by aiohttp routes
+        return handler
+
+    def _take_over(self, head: RequestHead, handler: ConnectionUpgrade, buffered: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        transport = self._transport
+        assert transport is not None
+        reader = asyncio.StreamReader(limit=1 << 20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+
+        async def run() -> None:
+            try:
+                await handler(head, reader, writer, buffered)
+            except Exception:
+                log.exception("upgrade handler for %s failed", head.path)
+            finally:
+                writer.close()
+
+        task = loop.create_task(run())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def _to_aiohttp(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        proto = self._aiohttp_factory()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.data_received(bytes(self._buffer))
+        self._buffer.clear()
+
+    def _reject(self, response: bytes) -> None:
+        self._decided = True
+        if self._transport is not None:
+            self._transport.write(response)
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._buffer.clear()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def start_listener(runner: web.AppRunner, host: str, port: int,
+                         upgrades: Mapping[str, ConnectionUpgrade], ssl_context: object = None) -> asyncio.Server:
+    server = runner.server
+    assert server is not None, "call runner.setup() first"
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: FrontProtocol(server, upgrades), host, port,
+                                    ssl=ssl_context, reuse_address=True)  # type: ignore[arg-type]

@@ -1,0 +1,74 @@
+"""An in-process server for tests and the load generator: real listeners on loopback,
+real storage in a temp directory, driven through the same code paths as ``headscale serve``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from headscale_core.config import Config, load_config
+from headscale_core.plugins import Plugins, make_plugin_manager
+from headscale_core.server.app import close_core, open_core, plugin_sections, running_server
+from headscale_core.server.context import ServerContext
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def test_config(data_dir: Path, **overrides: Any) -> Config:
+    """A loopback config with port 0 listeners, no metrics port and no outside DERP map."""
+    raw: dict[str, Any] = {
+        "server_url": "http://127.0.0.1:0",
+        "listen_addr": "127.0.0.1:0",
+        "metrics_listen_addr": "",
+        "data_dir": str(data_dir),
+        "derp": {"urls": [], "paths": [], "server": {"enabled": False}},
+        "dns": {"magic_dns": True, "base_domain": "tailnet.test", "override_local_dns": False},
+        "unix_socket": "headscale.sock",
+        "tuning": {"batch_change_delay": "5ms"},
+    }
+    raw = merge(raw, overrides)
+    path = data_dir / "config.yaml"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    plugins = Plugins(make_plugin_manager())
+    return load_config(str(path), env={}, plugin_sections=plugin_sections(plugins))
+
+
+@dataclass
+class RunningServer:
+    ctx: ServerContext
+    url: str
+    addresses: dict[str, Any]
+
+    @property
+    def state(self) -> Any:
+        return self.ctx.state
+
+
+@contextlib.asynccontextmanager
+async def running(data_dir: Path, **overrides: Any) -> AsyncIterator[RunningServer]:
+    config = test_config(data_dir, **overrides)
+    ctx = await open_core(config)
+    try:
+        async with running_server(ctx) as addresses:
+            host, port = addresses["listen"][:2]
+            url = f"http://{host}:{port}"
+            # server_url must point at the real port for AuthURLs; the config is frozen, so
+            # rebuild it once the port is known.
+            import dataclasses
+
+            ctx.config = dataclasses.replace(config, root=dataclasses.replace(config.root, server_url=url))
+            ctx.state.config = ctx.config
+            yield RunningServer(ctx=ctx, url=url, addresses=addresses)
+    finally:
+        await close_core(ctx)
