@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .ipset import EXIT_ROUTES, IPAddress, IPNetwork, IPSet, is_exit_route, parse_network
 from .model import PolicyNode, PolicyUser
 from .parse import Policy
+from .routes import auto_approved
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,7 @@ class Resolver:
         self.node_nets: dict[int, tuple[IPNetwork, ...]] = {
             n.id: tuple(parse_network(a) for a in n.addresses) for n in nodes
         }
-        self.routes: dict[int, tuple[IPNetwork, ...]] = {
-            n.id: tuple(parse_network(r) for r in n.approved_routes if r in n.advertised_routes)
-            for n in nodes
-        }
+        self.routes: dict[int, tuple[IPNetwork, ...]] = {}
         self._by_login: dict[str, list[int]] = {}
         for user in users:
             self._by_login.setdefault(user.login.lower(), []).append(user.id)
@@ -56,6 +54,9 @@ class Resolver:
             elif node.user_id is not None:
                 self._user_nodes.setdefault(node.user_id, set()).add(node.id)
         self._cache: dict[str, Resolved] = {}
+        for node in nodes:
+            approved = set(node.approved_routes) | set(auto_approved(node, node.advertised_routes, self))
+            self.routes[node.id] = tuple(parse_network(r) for r in node.advertised_routes if r in approved)
         self._ip_index: dict[IPAddress, int] | None = None
 
     def user_ids(self, token: str) -> list[int]:

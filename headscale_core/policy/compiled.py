@@ -16,6 +16,7 @@ from .ipset import IPNetwork, is_exit_route, parse_network
 from .model import Explanation, PolicyNode, PolicyUser
 from .parse import NetRule, Policy, Target
 from .ports import ALL_PORTS
+from .routes import auto_approved
 from .ssh import node_ssh_policy
 
 ALLOW_ALL = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
@@ -128,6 +129,10 @@ class CompiledPolicy:
         if self.policy is None:
             return None
         return node_ssh_policy(node_id, self.policy.ssh, self.resolver, self.ssh_check_url)
+
+    def auto_approved_routes(self, node: PolicyNode, routes: Sequence[str]) -> list[str]:
+        """Which of `routes` (advertised by `node`) the policy's autoApprovers approve."""
+        return auto_approved(node, routes, self.resolver)
 
     def explain(self, src_node_id: int, dst_node_id: int, port: int, proto: str = "tcp") -> Explanation:
         from .explain import explain

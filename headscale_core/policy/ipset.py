@@ -66,25 +66,15 @@ class IPSet:
         return any(_overlap(net, n) for n in self.prefixes)
 
     def src_strings(self) -> list[str]:
-        """The set as FilterRule.SrcIPs strings, host bits dropped and covered prefixes merged."""
+        """The set as FilterRule.SrcIPs strings; Tailscale lists overlapping prefixes as they are."""
         out: list[str] = list(TAILNET_SRC_STRINGS) if self.tailnet else []
         for family in (4, 6):
             nets = [n for n in self.prefixes if n.version == family]
             if self.tailnet:
                 nets = [n for n in nets if not (n.subnet_of(CGNAT) if family == 4 else n.subnet_of(TAILNET_V6))]  # type: ignore[arg-type]
-            out.extend(format_ip(n) for n in _drop_covered(nets))
+            out.extend(format_ip(n) for n in set(nets))
         return sorted(out)
 
 
 def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
     return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
-
-
-def _drop_covered(nets: list[IPNetwork]) -> list[IPNetwork]:
-    """Remove prefixes contained in another prefix of the list (without merging siblings)."""
-    ordered = sorted(set(nets), key=lambda n: (n.prefixlen, int(n.network_address)))
-    kept: list[IPNetwork] = []
-    for net in ordered:
-        if not any(net.subnet_of(k) for k in kept):  # type: ignore[arg-type]
-            kept.append(net)
-    return kept
