@@ -23,7 +23,7 @@ from headscale_derp.mesh import mesh_links
 from headscale_derp.relay import Relay
 from headscale_derp.routes import probe_routes, verify_route
 from headscale_derp.settings import DerpSettings, settings_from
-from headscale_derp.stun import stun_listener
+from headscale_derp.stun import StunProtocol, stun_listener
 
 log = logging.getLogger("headscale_derp")
 
@@ -38,6 +38,7 @@ class DerpService:
         self.ctx = ctx
         self.settings: DerpSettings = settings_from(ctx.config)
         self.relay: Relay | None = None
+        self.stun: StunProtocol | None = None
 
     async def node_key_registered(self, node_key: bytes) -> bool:
         state = self.ctx.state
@@ -60,7 +61,9 @@ class DerpService:
         )
         async with AsyncExitStack() as stack:
             if settings.stun_listen_addr:
-                await stack.enter_async_context(stun_listener(settings.stun_listen_addr, relay.stun_stats))
+                self.stun = await stack.enter_async_context(
+                    stun_listener(settings.stun_listen_addr, relay.stun_stats)
+                )
             await stack.enter_async_context(mesh_links(relay, settings.mesh_with))
             self.relay = relay
             log.info("DERP relay nodekey:%s serving region %d", relay.public_key.hex(), settings.region_id)
@@ -68,6 +71,7 @@ class DerpService:
                 yield
             finally:
                 self.relay = None
+                self.stun = None
                 relay.close_all()
                 if relay.collector is not None:
                     self.ctx.registry.unregister(relay.collector)
