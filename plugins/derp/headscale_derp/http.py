@@ -17,6 +17,7 @@ import re
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from headscale_core.providers import RequestHead
 from headscale_derp.frames import PROTOCOL_VERSION
@@ -175,6 +176,33 @@ async def answer_plain(head: RequestHead, body: bytes, verify: VerifyNodeKey | N
     return Response(404, (("Content-Type", "text/plain"),), b"not found")
 
 
+class StandaloneServer:
+    """The standalone listener; ``close()`` also drops live connections (asyncio's does not)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.connections: set[asyncio.StreamWriter] = set()
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        assert self.server is not None
+        return tuple(self.server.sockets)
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.connections):
+            writer.transport.abort()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
 async def serve_standalone(
     host: str,
     port: int,
@@ -183,35 +211,51 @@ async def serve_standalone(
     ssl: ssl_module.SSLContext | None = None,
     verify: VerifyNodeKey | None = None,
     idle_timeout: float = 30.0,
-) -> asyncio.Server:
-    """Listen on ``host:port`` (0 picks a port; read it from ``server.sockets``)."""
+) -> StandaloneServer:
+    """Listen on ``host:port`` (0 picks a port; read it from ``.port``)."""
+    standalone = StandaloneServer()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        standalone.connections.add(writer)
         try:
-            while True:
-                async with asyncio.timeout(idle_timeout):
-                    raw = await reader.readuntil(b"\r\n\r\n")
-                head = parse_request_head(raw)
-                if head.path == "/derp":
-                    # The StreamReader still holds whatever followed the head.
-                    await handler(head, reader, writer, b"")
-                    return
-                length = int(head.header("content-length", "0") or 0)
-                if length > MAX_BODY:
-                    writer.write(Response(413).to_bytes(close=True))
-                    return
-                body = await reader.readexactly(length) if length else b""
-                response = await answer_plain(head, body, verify)
-                close = head.header("connection").lower() == "close"
-                writer.write(response.to_bytes(head_only=head.method == "HEAD", close=close))
-                await writer.drain()
-                if close:
-                    return
-        except (BadRequest, ValueError) as exc:
-            writer.write(Response(400, (), f"bad request: {exc}".encode()).to_bytes(close=True))
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
+            await _serve_connection(reader, writer, handler, verify, idle_timeout)
         finally:
-            writer.close()
+            standalone.connections.discard(writer)
 
-    return await asyncio.start_server(on_connection, host, port, ssl=ssl)
+    standalone.server = await asyncio.start_server(on_connection, host, port, ssl=ssl)
+    return standalone
+
+
+async def _serve_connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handler: DerpUpgradeHandler,
+    verify: VerifyNodeKey | None,
+    idle_timeout: float,
+) -> None:
+    try:
+        while True:
+            async with asyncio.timeout(idle_timeout):
+                raw = await reader.readuntil(b"\r\n\r\n")
+            head = parse_request_head(raw)
+            if head.path == "/derp":
+                # The StreamReader still holds whatever followed the head.
+                await handler(head, reader, writer, b"")
+                return
+            length = int(head.header("content-length", "0") or 0)
+            if length > MAX_BODY:
+                writer.write(Response(413).to_bytes(close=True))
+                return
+            body = await reader.readexactly(length) if length else b""
+            response = await answer_plain(head, body, verify)
+            close = head.header("connection").lower() == "close"
+            writer.write(response.to_bytes(head_only=head.method == "HEAD", close=close))
+            await writer.drain()
+            if close:
+                return
+    except (BadRequest, ValueError) as exc:
+        writer.write(Response(400, (), f"bad request: {exc}".encode()).to_bytes(close=True))
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        pass
+    finally:
+        writer.close()

@@ -13,19 +13,19 @@ from prometheus_client import CollectorRegistry
 
 from headscale_derp.client import DerpClient
 from headscale_derp.handshake import generate_private_key
-from headscale_derp.http import DerpUpgradeHandler, VerifyNodeKey, serve_standalone
+from headscale_derp.http import DerpUpgradeHandler, StandaloneServer, VerifyNodeKey, serve_standalone
 from headscale_derp.relay import Relay
 
 
 @dataclass
 class RunningRelay:
     relay: Relay
-    server: asyncio.Server
+    server: StandaloneServer
     registry: CollectorRegistry
 
     @property
     def port(self) -> int:
-        return int(self.server.sockets[0].getsockname()[1])
+        return self.server.port
 
     @property
     def url(self) -> str:
