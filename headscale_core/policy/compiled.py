@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from .aliases import Resolver
+from .aliases import Resolved, Resolver
 from .filter import PreparedRule, node_filter_rules, prepare, self_sources
 from .ipset import IPNetwork, is_exit_route, parse_network
 from .model import Explanation, PolicyNode, PolicyUser
@@ -109,23 +109,18 @@ class CompiledPolicy:
         return out + [str(r) for r in routes if self._may_use_route(viewer_id, r)]
 
     def _may_use_route(self, viewer_id: int, route: IPNetwork) -> bool:
-        """A route is offered to a viewer that some rule lets send traffic into it."""
+        """A route is offered to a viewer that may send into it or receive from it."""
         if self.allow_all:
             return True
-        for srcs, _, rule in self._edges:
-            if viewer_id not in srcs:
-                continue
-            dst = rule.dst
-            if is_exit_route(route):
-                if dst.internet:
-                    return True
-            elif dst.star or any(p.version == route.version and p.overlaps(route)  # type: ignore[arg-type]
-                                 for p in dst.prefixes):
+        for srcs, dsts, rule in self._edges:
+            if viewer_id in srcs and _reaches(rule.dst, route):
+                return True
+            if viewer_id in dsts and not is_exit_route(route) and _reaches(rule.src, route):
                 return True
         return False
 
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
-        """The node's SSHPolicy; `None` when the policy has no `ssh` section."""
+        """The node's SSHPolicy; `None` without a policy (Tailscale SSH is then not configured)."""
         if self.policy is None:
             return None
         return node_ssh_policy(node_id, self.policy.ssh, self.resolver, self.ssh_check_url)
@@ -138,6 +133,13 @@ class CompiledPolicy:
         from .explain import explain
 
         return explain(self, src_node_id, dst_node_id, port, proto)
+
+
+def _reaches(resolved: Resolved, route: IPNetwork) -> bool:
+    if is_exit_route(route):
+        return resolved.internet or resolved.danger_all
+    return resolved.star or resolved.danger_all or any(
+        p.version == route.version and p.overlaps(route) for p in resolved.prefixes)  # type: ignore[arg-type]
 
 
 DEFAULT_RULE = NetRule("acls", 0, '{"action": "accept", "dst": ["*:*"], "src": ["*"]}', ("*",),
