@@ -171,16 +171,17 @@ def public_from_private(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
-def x25519(private: bytes, public: bytes) -> bytes:
+def x25519(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
     """The X25519 shared secret; ``ValueError`` when ``public`` is a low-order point.
 
-    An all-zero result would let a peer force a known key, so it is refused, as Go's
-    ``curve25519.X25519`` does.
+    ``private`` may be a loaded ``X25519PrivateKey``: loading costs as much as the exchange, so
+    hot paths keep long-lived keys loaded. An all-zero result would let a peer force a known
+    key, so it is refused, as Go's ``curve25519.X25519`` does.
     """
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        shared = private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as exc:
         raise ValueError(f"X25519 with a bad public key: {exc}") from None
     if shared == _ZERO:

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from headscale_core.protocol.errors import LocalProtocolError, RemoteProtocolError
-from headscale_core.protocol.keys import MachinePublic, generate_private, public_from_private, x25519
+from headscale_core.protocol.keys import MachinePublic, x25519
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
 PROLOGUE_PREFIX = b"Tailscale Control Protocol v"
@@ -81,6 +82,14 @@ def _hkdf2(chaining_key: bytes, material: bytes) -> tuple[bytes, bytes]:
     return first, hmac.digest(prk, first + b"\x02", hashlib.blake2s)
 
 
+def _load_or_generate(private: bytes | None) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(private) if private else X25519PrivateKey.generate()
+
+
+def _public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes_raw()
+
+
 class _SymmetricState:
     """Noise's h/ck pair; each ``mix_dh`` returns the one-shot cipher for the next AEAD step."""
 
@@ -94,7 +103,7 @@ class _SymmetricState:
     def mix_hash(self, data: bytes) -> None:
         self.h = hashlib.blake2s(self.h + data).digest()
 
-    def mix_dh(self, private: bytes, public: bytes) -> ChaCha20Poly1305:
+    def mix_dh(self, private: X25519PrivateKey, public: bytes) -> ChaCha20Poly1305:
         self.ck, key = _hkdf2(self.ck, x25519(private, public))
         return ChaCha20Poly1305(key)
 
@@ -127,8 +136,8 @@ class NoiseResponder:
     """The server side of the handshake; one instance serves every connection for a key."""
 
     def __init__(self, static_private: bytes) -> None:
-        self._private = static_private
-        self.static_public = public_from_private(static_private)
+        self._private = X25519PrivateKey.from_private_bytes(static_private)
+        self.static_public = _public_bytes(self._private)
 
     def respond(self, initiation: bytes, *, ephemeral_private: bytes | None = None) -> HandshakeResult:
         """Check and answer a 101-byte initiation; raise ``HandshakeError`` if it is bad.
@@ -162,8 +171,8 @@ class NoiseResponder:
         except (InvalidTag, ValueError) as exc:
             raise HandshakeError(f"handshake initiation does not decrypt: {exc or 'bad tag'}") from None
 
-        ephemeral = ephemeral_private or generate_private()
-        ephemeral_public = public_from_private(ephemeral)
+        ephemeral = _load_or_generate(ephemeral_private)
+        ephemeral_public = _public_bytes(ephemeral)
         state.mix_hash(ephemeral_public)
         state.mix_dh(ephemeral, client_ephemeral)
         try:
@@ -196,14 +205,14 @@ class NoiseInitiator:
         if not 0 <= capver <= 0xFFFF:
             raise LocalProtocolError(f"capver {capver} does not fit the 16-bit handshake header")
         self.capver = capver
-        self._machine_private = machine_private
-        self._ephemeral = ephemeral_private or generate_private()
+        self._machine_private = X25519PrivateKey.from_private_bytes(machine_private)
+        self._ephemeral = _load_or_generate(ephemeral_private)
         self._state = _SymmetricState(capver, server_public)
-        ephemeral_public = public_from_private(self._ephemeral)
+        ephemeral_public = _public_bytes(self._ephemeral)
         self._state.mix_hash(ephemeral_public)
         cipher = self._state.mix_dh(self._ephemeral, server_public)
-        sealed_machine = self._state.encrypt_and_hash(cipher, public_from_private(machine_private))
-        cipher = self._state.mix_dh(machine_private, server_public)
+        sealed_machine = self._state.encrypt_and_hash(cipher, _public_bytes(self._machine_private))
+        cipher = self._state.mix_dh(self._machine_private, server_public)
         tag = self._state.encrypt_and_hash(cipher, b"")
         header = _INITIATION_HEADER.pack(capver, MSG_INITIATION, INITIATION_PAYLOAD_SIZE)
         self.initiation = header + ephemeral_public + sealed_machine + tag

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,9 +100,7 @@ class ResponseStream:
         self._wakeup = asyncio.Event()
 
     async def send_headers(self, status: int, headers: list[tuple[str, str]] | None = None) -> None:
-        fields = [(b":status", str(status).encode())]
-        fields += [(name.lower().encode(), value.encode()) for name, value in headers or ()]
-        self._h2_call(self._session.h2.send_headers, self.stream_id, fields)
+        self._h2_call(self._session.h2.send_headers, self.stream_id, _encode_headers(status, headers or ()))
         self.headers_sent = True
         await self._session.flush()
 
@@ -134,10 +132,20 @@ class ResponseStream:
         self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None
     ) -> None:
         """Send a complete response: headers with ``content-length``, the body, end of stream."""
-        await self.send_headers(status, [*(headers or ()), ("content-length", str(len(body)))])
-        if body:
+        fields = [*(headers or ()), ("content-length", str(len(body)))]
+        h2conn = self._session.h2
+        window = self._h2_call(h2conn.local_flow_control_window, self.stream_id)
+        if len(body) > min(window, h2conn.max_outbound_frame_size):
+            await self.send_headers(status, fields)
             await self.send_data(body)
-        await self.end()
+            await self.end()
+            return
+        # The common small answer: one frame batch, one Noise write, one drain.
+        self._h2_call(h2conn.send_headers, self.stream_id, _encode_headers(status, fields), not body)
+        if body:
+            self._h2_call(h2conn.send_data, self.stream_id, body, True)
+        self.headers_sent = self.ended = True
+        await self._session.flush()
 
     def reset(self) -> None:
         """Abort the stream (RST_STREAM INTERNAL_ERROR), e.g. after a failure mid-response."""
@@ -167,6 +175,12 @@ class ResponseStream:
 
 
 Handler = Callable[[MachineRequest, ResponseStream], Awaitable[None]]
+
+
+def _encode_headers(status: int, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(b":status", str(status).encode())] + [
+        (name.lower().encode(), value.encode()) for name, value in headers
+    ]
 
 
 class _Incoming:
