@@ -3,6 +3,7 @@ address prefixes it stands for, computed once per compile and cached by alias te
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,8 @@ class Resolver:
             approved = set(node.approved_routes) | set(auto_approved(node, node.advertised_routes, self))
             self.routes[node.id] = tuple(parse_network(r) for r in node.advertised_routes if r in approved)
         self._ip_index: dict[IPAddress, int] | None = None
+        self._exit_nodes: frozenset[int] | None = None
+        self._sorted_ips: list[tuple[int, int, int]] | None = None
 
     def user_ids(self, token: str) -> list[int]:
         token = token.removeprefix("user:").lower()
@@ -76,7 +79,10 @@ class Resolver:
         return ids
 
     def exit_nodes(self) -> frozenset[int]:
-        return frozenset(nid for nid, routes in self.routes.items() if any(is_exit_route(r) for r in routes))
+        if self._exit_nodes is None:
+            self._exit_nodes = frozenset(
+                nid for nid, routes in self.routes.items() if any(is_exit_route(r) for r in routes))
+        return self._exit_nodes
 
     def resolve(self, alias: str) -> Resolved:
         cached = self._cache.get(alias)
@@ -134,6 +140,26 @@ class Resolver:
         for nid in resolved.nodes:
             nets.update(self.node_nets[nid])
         return IPSet(frozenset(nets))
+
+    def matching_nodes(self, resolved: Resolved, as_source: bool = False) -> frozenset[int]:
+        """All nodes `node_matches` (or, for a source, `node_in_src`) accepts, found by index."""
+        if resolved.star or resolved.danger_all:
+            return frozenset(self.nodes)
+        out = set(resolved.nodes)
+        if resolved.internet and not as_source:
+            out |= self.exit_nodes()
+        if self._sorted_ips is None:
+            self._sorted_ips = sorted((n.version, int(n.network_address), nid)
+                                      for nid, nets in self.node_nets.items() for n in nets)
+        for prefix in resolved.prefixes:
+            lo = bisect_left(self._sorted_ips, (prefix.version, int(prefix.network_address), -1))
+            hi = bisect_right(self._sorted_ips, (prefix.version, int(prefix.broadcast_address), 1 << 62))
+            out.update(nid for _, _, nid in self._sorted_ips[lo:hi])
+            if not as_source:
+                out.update(nid for nid, routes in self.routes.items()
+                           if any(r.version == prefix.version and r.overlaps(prefix)  # type: ignore[arg-type]
+                                  for r in routes if not is_exit_route(r)))
+        return frozenset(out)
 
     def node_matches(self, nid: int, resolved: Resolved) -> bool:
         """Does traffic to node `nid` (its addresses or approved routes) fall under `resolved`?"""

@@ -51,19 +51,17 @@ class CompiledPolicy:
             return [dict(r) for r in ALLOW_ALL]
         rules = self._filters.get(node_id)
         if rules is None:
-            rules = self._filters[node_id] = node_filter_rules(node_id, self.prepared, self.resolver)
+            relevant = [rule for _, dsts, rule in self._edges if node_id in dsts or rule.self_dst]
+            rules = self._filters[node_id] = node_filter_rules(node_id, relevant, self.resolver)
         return rules
 
     @cached_property
     def _edges(self) -> list[tuple[frozenset[int], frozenset[int], PreparedRule]]:
         """(sources, destinations) node sets per rule, for visibility."""
         r = self.resolver
-        all_nodes = [n.id for n in self.nodes]
         out = []
         for rule in self.prepared:
-            srcs = frozenset(n for n in all_nodes if r.node_in_src(n, rule.src))
-            dsts = frozenset(n for n in all_nodes if r.node_matches(n, rule.dst))
-            out.append((srcs, dsts, rule))
+            out.append((r.matching_nodes(rule.src, as_source=True), r.matching_nodes(rule.dst), rule))
         return out
 
     def visible_peers(self, node_id: int) -> frozenset[int]:

@@ -38,6 +38,7 @@ class PreparedRule:
     targets: tuple[PreparedTarget, ...]
     dst: Resolved  # union of all destinations (for app grants and visibility)
     self_dst: bool  # some destination is autogroup:self
+    src_strings: list[str]
 
     @property
     def proto_groups(self) -> list[tuple[int, ...]]:
@@ -56,7 +57,8 @@ def prepare(rule: NetRule, resolver: Resolver) -> PreparedRule:
         if t.alias != "autogroup:self"
     )
     dst = resolver.resolve_all([d for d in rule.dsts if d != "autogroup:self"])
-    return PreparedRule(rule, src, resolver.src_ipset(src), targets, dst, "autogroup:self" in rule.dsts)
+    src_ips = resolver.src_ipset(src)
+    return PreparedRule(rule, src, src_ips, targets, dst, "autogroup:self" in rule.dsts, src_ips.src_strings())
 
 
 def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver) -> list[dict[str, Any]]:
@@ -67,13 +69,13 @@ def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver
             dst_ports = [entry for t in rule.targets if t.protos == protos
                          for entry in _dst_entries(nid, t, resolver)]
             if dst_ports:
-                out.append(_filter_rule(rule.src_ips.src_strings(), dst_ports, protos))
+                out.append(_filter_rule(list(rule.src_strings), dst_ports, protos))
         if rule.self_dst:
             out.extend(_self_rules(nid, rule, resolver))
         if rule.rule.app:
             dsts = _cap_dsts(nid, rule, resolver)
             if dsts:
-                out.append({"SrcIPs": rule.src_ips.src_strings(),
+                out.append({"SrcIPs": list(rule.src_strings),
                             "CapGrant": [{"Dsts": dsts, "CapMap": rule.rule.app}]})
     return _merge(out)
 

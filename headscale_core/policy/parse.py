@@ -8,6 +8,7 @@ wording where its service has one.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,11 @@ class Policy:
 
 
 def load_hujson(text: str) -> Any:
+    try:
+        # Most stored policies are plain JSON; json5 is two orders of magnitude slower.
+        return json.loads(text)
+    except ValueError:
+        pass
     try:
         return json5.loads(text)
     except ValueError as exc:
@@ -221,6 +227,4 @@ def _node_attr(index: int, entry: dict[str, Any], ctx: _Ctx) -> NodeAttr:
 
 
 def _text(entry: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(entry, sort_keys=True)
