@@ -31,7 +31,8 @@ _CHALLENGE = re.compile(r"[A-Za-z0-9._:-]{0,64}")
 NO_CACHE = "no-cache, no-store, must-revalidate, no-transform, max-age=0"
 _REASONS = {
     101: "Switching Protocols", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 413: "Content Too Large", 426: "Upgrade Required", 503: "Service Unavailable",
+    405: "Method Not Allowed", 413: "Content Too Large", 426: "Upgrade Required", 501: "Not Implemented",
+    503: "Service Unavailable",
 }  # fmt: skip
 
 VerifyNodeKey = Callable[[bytes], Awaitable[bool]]
@@ -145,9 +146,10 @@ class DerpUpgradeHandler:
             )
             return
         if upgrade == "websocket" and "derp" in head.header("sec-websocket-protocol").lower():
-            from headscale_derp.websocket import serve_websocket
-
-            await serve_websocket(relay, head, reader, writer, buffered)
+            # The core's listener gives WebSocket upgrades to aiohttp (``websocket.py``); this
+            # raw front end has no WebSocket framing.
+            message = b"WebSocket DERP is served by the main listener; use Upgrade: DERP here"
+            await _finish(writer, Response(501, (("Content-Type", "text/plain"),), message))
             return
         if head.header("derp-fast-start") != "1":
             writer.write(upgrade_response(relay.public_key))

@@ -24,6 +24,7 @@ from headscale_derp.relay import Relay
 from headscale_derp.routes import probe_routes, verify_route
 from headscale_derp.settings import DerpSettings, settings_from
 from headscale_derp.stun import StunProtocol, stun_listener
+from headscale_derp.websocket import derp_http_route
 
 log = logging.getLogger("headscale_derp")
 
@@ -111,7 +112,7 @@ def headscale_routes(ctx: Any) -> list[web.RouteDef]:
     # /verify serves external derpers (-verify-client-url) even without the embedded relay.
     routes = [verify_route(svc.node_key_registered)]
     if svc.settings.enabled:
-        routes += probe_routes()
+        routes += [*probe_routes(), derp_http_route(lambda: svc.relay)]
     return routes
 
 
