@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from headscale_core.config import parse_duration
 from headscale_core.errors import InvalidRequest, NotFound
 from headscale_core.protocol.keys import is_zero
+from headscale_core.providers import Identity
 from headscale_core.state import names
 from headscale_core.state.changes import NodeChanged, SelfChanged
 from headscale_core.state.model import (
@@ -209,11 +210,17 @@ class Registrar:
                                    ephemeral=row.ephemeral, expiry=row.expiry, created_at=row.created_at,
                                    expires_at=row.expires_at)
 
-    async def approve(self, reg_id: str, user: User, method: str = "cli", actor: str = "cli") -> Node:
-        """Complete a pending registration for ``user`` (CLI, API or a login provider)."""
+    async def approve(self, reg_id: str, user: User, method: str = "cli", actor: str = "cli",
+                      identity: Identity | None = None) -> Node:
+        """Complete a pending registration for ``user`` (CLI, API or a login provider).
+
+        ``identity`` is what a login provider saw; without one (CLI, API) it is built from
+        the user, so ``headscale_authorize_login`` always gets an ``Identity``.
+        """
         reg = await self.pending(reg_id)
+        identity = identity or identity_of(user)
         denials = [d for d in self.state.plugins.hook.headscale_authorize_login(
-            identity=None, registration=reg) if d is not None]
+            identity=identity, registration=reg) if d is not None]
         if denials:
             raise InvalidRequest(f"login refused: {denials[0].reason}")
         node = await self._create_or_reuse(reg.machine_key, reg.node_key, reg.old_node_key, reg.hostinfo, user,
@@ -256,6 +263,13 @@ class Registrar:
                 pass
             finally:
                 self.state.waiters.forget(reg_id, fut)
+
+
+def identity_of(user: User) -> Identity:
+    """The identity of a stored user, for approvals that did not come through a login."""
+    return Identity(provider=user.provider or "local", subject=user.provider_identifier or str(user.id),
+                    name=user.name, email=user.email, display_name=user.display_name, groups=user.groups,
+                    profile_pic_url=user.profile_pic_url)
 
 
 def _merge_hostinfo(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
