@@ -63,12 +63,13 @@ async def running(data_dir: Path, **overrides: Any) -> AsyncIterator[RunningServ
         async with running_server(ctx) as addresses:
             host, port = addresses["listen"][:2]
             url = f"http://{host}:{port}"
-            # server_url must point at the real port for AuthURLs; the config is frozen, so
-            # rebuild it once the port is known.
-            import dataclasses
+            if config.server_url.endswith(":0"):
+                # server_url must point at the real port for AuthURLs; the config is frozen,
+                # so rebuild it once the port is known.
+                import dataclasses
 
-            ctx.config = dataclasses.replace(config, root=dataclasses.replace(config.root, server_url=url))
-            ctx.state.config = ctx.config
+                ctx.config = dataclasses.replace(config, root=dataclasses.replace(config.root, server_url=url))
+                ctx.state.config = ctx.config
             yield RunningServer(ctx=ctx, url=url, addresses=addresses)
     finally:
         await close_core(ctx)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from headscale_core.testing.netns import NetnsLab, NotIsolatedError, free_loopback_port, in_isolated_netns
 from headscale_core.testing.pytest_plugin import NodeFactory
+from headscale_core.testing.serverproc import ServerProcess
 from headscale_core.testing.tailscale import DEFAULT_VERSION, OLD_VERSION, TailscaleNode, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +92,18 @@ def test_isolation_check_sees_a_default_route_and_an_interface() -> None:
     )
     verdict = _isolation_verdict(unshare, script)
     assert "default route" in verdict
-    assert "va" in verdict
+
+
+def test_isolation_check_allows_a_hairpin_veth_but_not_one_leading_elsewhere() -> None:
+    # Both ends here: a wire from the namespace to itself (older clients need an interface).
+    unshare = ["unshare", "--net", "--mount"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net", "--mount"]
+    hairpin = ("ip link set lo up && ip link add ha type veth peer name hb && ip link set ha up && "
+               "ip link set hb up && ip addr add 198.18.0.9/32 dev ha &&")
+    assert _isolation_verdict(unshare, hairpin).strip() == "[]"
+    # One end moved into another namespace: that is a way out, and the check must say so.
+    elsewhere = (f"{hairpin} ip netns add hs-other-$$ && ip link set hb netns hs-other-$$ &&")
+    verdict = _isolation_verdict(unshare, elsewhere)
+    assert "ha" in verdict
 
 
 def test_isolation_check_in_the_host_namespace() -> None:
@@ -133,3 +146,18 @@ def test_netns_lab_hosts_reach_each_other_and_only_each_other() -> None:
         assert in_isolated_netns()  # the lab's interfaces stay out of the test's namespace
     finally:
         lab.teardown()
+
+
+def test_server_process_starts_from_a_temp_config_and_survives_sigkill(
+    headscale_server: ServerProcess,
+) -> None:
+    assert headscale_server.cli("version").stdout.strip()
+    assert (headscale_server.workdir / "db.sqlite").exists()
+    url = headscale_server.url
+
+    headscale_server.kill9()
+    assert not headscale_server.running
+    headscale_server.start()  # same config, ports and database
+
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+        assert response.status == 200
