@@ -21,7 +21,6 @@ from headscale_derp.frames import (
     MAX_PING_LEN,
     ClientInfoFrame,
     Frame,
-    FrameReader,
     FrameType,
     LocalProtocolError,
     RemoteProtocolError,
@@ -33,6 +32,7 @@ from headscale_derp.frames import (
     frame_name,
     parse,
 )
+from headscale_derp.reader import FrameReader
 
 
 class Role(Enum):

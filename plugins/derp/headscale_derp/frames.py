@@ -26,7 +26,7 @@ MAX_PING_LEN = 1000
 DISCO_MAGIC = "TS💬".encode()
 DISCO_MIN_LEN = len(DISCO_MAGIC) + KEY_LEN + NONCE_LEN
 
-_HEADER = struct.Struct(">BI")
+HEADER = struct.Struct(">BI")
 _PORT = struct.Struct(">H")
 _RESTART = struct.Struct(">II")
 
@@ -90,11 +90,11 @@ def frame_name(frame_type: int) -> str:
 
 
 def encode_header(frame_type: int, length: int) -> bytes:
-    return _HEADER.pack(frame_type, length)
+    return HEADER.pack(frame_type, length)
 
 
 def encode_frame(frame_type: int, payload: bytes) -> bytes:
-    return _HEADER.pack(frame_type, len(payload)) + payload
+    return HEADER.pack(frame_type, len(payload)) + payload
 
 
 def _need(payload: bytes, size: int, frame_type: FrameType, exact: bool = False) -> None:
@@ -405,65 +405,3 @@ def parse(frame_type: int, payload: bytes) -> Frame:
     if cls is None:
         raise RemoteProtocolError(f"unknown frame type 0x{frame_type:02x}", frame_type)
     return cls.parse(payload)
-
-
-class FrameReader:
-    """Cuts a byte stream into ``(type, payload)`` pairs.
-
-    ``limits`` maps a frame type to the largest payload accepted for it; a known type over
-    its limit is a protocol error before any of its payload is buffered. Types missing from
-    ``limits`` are skipped by length without buffering (``UnknownFrame``), so memory stays
-    bounded whatever the peer sends.
-    """
-
-    def __init__(self, limits: dict[int, int]) -> None:
-        self._limits = limits
-        self._buf = bytearray()
-        self._pos = 0
-        self._skip = 0
-
-    def feed(self, data: bytes) -> None:
-        if self._skip:
-            cut = min(self._skip, len(data))
-            self._skip -= cut
-            data = data[cut:]
-        self._buf += data
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def next_frame(self) -> tuple[int, bytes] | UnknownFrame | None:
-        """The next whole frame, an ``UnknownFrame`` marker, or None when more bytes are needed."""
-        buf = self._buf
-        pos = self._pos
-        if len(buf) - pos < HEADER_LEN:
-            return None
-        frame_type, length = _HEADER.unpack_from(buf, pos)
-        limit = self._limits.get(frame_type)
-        if limit is None:
-            start = pos + HEADER_LEN
-            available = min(len(buf) - start, length)
-            self._skip = length - available
-            self._consume(start + available)
-            return UnknownFrame(frame_type, length)
-        if length > limit:
-            raise RemoteProtocolError(
-                f"{frame_name(frame_type)} frame of {length} bytes exceeds limit {limit}", frame_type
-            )
-        end = pos + HEADER_LEN + length
-        if len(buf) < end:
-            return None
-        payload = bytes(buf[pos + HEADER_LEN : end])
-        self._consume(end)
-        return frame_type, payload
-
-    def _consume(self, end: int) -> None:
-        if end >= len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif end > 1 << 16:
-            del self._buf[:end]
-            self._pos = 0
-        else:
-            self._pos = end

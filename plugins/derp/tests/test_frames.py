@@ -14,6 +14,7 @@ from headscale_derp.connection import (
     ServerInfoReceived,
     State,
 )
+from headscale_derp.reader import FrameReader
 
 SERVER_PRIV = bytes.fromhex("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f")
 SERVER_PUB = bytes.fromhex("79a631eede1bf9c98f12032cdeadd0e7a079398fc786b88cc846ec89af85a51a")
@@ -68,7 +69,7 @@ def test_encode_and_parse_vectors(frame: f.Frame, wire: str) -> None:
     assert f.parse(raw[0], raw[5:]) == frame
 
 
-def _split_feed(reader: f.FrameReader, data: bytes, step: int) -> list[object]:
+def _split_feed(reader: FrameReader, data: bytes, step: int) -> list[object]:
     out: list[object] = []
     for i in range(0, len(data), step):
         reader.feed(data[i : i + step])
@@ -81,7 +82,7 @@ def _split_feed(reader: f.FrameReader, data: bytes, step: int) -> list[object]:
 def test_frame_reader_whole_bytewise_and_trailing(step: int) -> None:
     stream = b"".join(bytes.fromhex(w) for _, w in VECTORS)
     limits = dict.fromkeys(range(256), 1 << 20)
-    items = _split_feed(f.FrameReader(limits), stream + b"\x04\x00\x00", step)
+    items = _split_feed(FrameReader(limits), stream + b"\x04\x00\x00", step)
     assert [f.parse(t, p) for t, p in items] == [frame for frame, _ in VECTORS]
 
 
