@@ -324,7 +324,10 @@ class TSClient:
         self, method: str, path: str, json_body: Any, headers: list[tuple[str, str]] | None
     ) -> int:
         self._check_open()
-        body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        if isinstance(json_body, bytes):  # raw bytes: for tests of malformed bodies
+            body = json_body
+        else:
+            body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
         stream_id = self._h2.get_next_available_stream_id()
         fields = [
             (b":method", method.encode()),
