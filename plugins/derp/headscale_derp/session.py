@@ -168,10 +168,7 @@ class ClientSession:
 
     async def wait_writer(self) -> None:
         if self._writer_task is not None:
-            try:
-                await self._writer_task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._writer_task])  # it was cancelled by close(); don't re-raise that
 
     # -- writer --------------------------------------------------------------------------------
 
