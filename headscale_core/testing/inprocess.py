@@ -44,6 +44,22 @@ def test_config(data_dir: Path, **overrides: Any) -> Config:
     return load_config(str(path), env={}, plugin_sections=plugin_sections(plugins))
 
 
+def loopback_control(**extra: Any) -> dict[str, Any]:
+    """Overrides for a server real clients can use: fixed loopback ports for the listener,
+    the built-in DERP relay and STUN (the DERP region needs the real port up front)."""
+    from headscale_core.testing.netns import free_loopback_port
+
+    port, stun = free_loopback_port(), free_loopback_port()
+    overrides: dict[str, Any] = {
+        "server_url": f"http://127.0.0.1:{port}",
+        "listen_addr": f"127.0.0.1:{port}",
+        "derp": {"urls": [], "paths": [], "server": {
+            "enabled": True, "stun_listen_addr": f"127.0.0.1:{stun}", "verify_clients": True,
+            "ipv4": "127.0.0.1", "region_id": 901, "region_code": "test", "region_name": "Test relay"}},
+    }
+    return merge(overrides, extra)
+
+
 @dataclass
 class RunningServer:
     ctx: ServerContext
