@@ -7,6 +7,7 @@ a temp directory from `base_config()`, merged with the test's overrides.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,10 @@ class ServerProcess:
                 f"`headscale {' '.join(args)}` exited {result.returncode}:\n{result.stdout}{result.stderr}"
             )
         return result
+
+    def cli_json(self, *args: str, timeout: float = 30.0) -> Any:
+        """`headscale -c CONFIG -o json ARGS`, parsed."""
+        return json.loads(self.cli("-o", "json", *args, timeout=timeout).stdout)
 
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.exists():
