@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from headscale_core import hookspecs
+from headscale_core.config import Config, resolve_secrets
 from headscale_core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "headscale"
@@ -55,11 +56,28 @@ def make_plugin_manager(
             continue
         pm.register(importlib.import_module(modname), name=modname)
     if load_entrypoints:
+        _check_entrypoints(blocked)
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for plugin in extra:
         pm.register(plugin)
     pm.check_pending()
     return pm
+
+
+def _check_entrypoints(blocked: set[str]) -> None:
+    """Import every installed plugin first, so a broken one is named with the fix instead of
+    surfacing as a bare ImportError from deep inside pluggy."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in blocked:
+            continue
+        try:
+            ep.load()
+        except Exception as exc:
+            dist = f" (distribution {ep.dist.name} {ep.dist.version})" if ep.dist else ""
+            raise ConfigError(
+                f"plugin {ep.name!r}{dist} cannot be loaded: {type(exc).__name__}: {exc}: reinstall or "
+                f"uninstall it, or add {ep.name!r} to plugins.block in the config"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,16 @@ class Plugins:
 
     def names(self, hook_name: str) -> list[str]:
         return sorted(merge_named(getattr(self.hook, hook_name)(), hook_name))
+
+    def resolve_secrets(self, config: Config) -> Config:
+        """``config`` with every secret reference replaced through ``headscale_resolve_secret``;
+        raises ``ConfigError`` naming each key whose reference cannot be resolved."""
+
+        def resolve(reference: str) -> str | None:
+            answers = self.hook.headscale_resolve_secret(reference=reference, config=config)
+            return answers[0] if answers else None
+
+        return resolve_secrets(config, resolve)
 
     def emit(self, event: Any) -> None:
         self.hook.headscale_event(event=event)

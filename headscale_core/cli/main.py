@@ -58,7 +58,11 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    plugins = Plugins(make_plugin_manager())
+    try:
+        plugins = Plugins(make_plugin_manager(block=early_block_list(argv)))
+    except HeadscaleError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     parser = build_parser(plugins)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -76,6 +80,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def early_block_list(argv: list[str]) -> list[str]:
+    """``plugins.block`` read before plugins are loaded (a broken plugin must be blockable)."""
+    import os
+
+    import yaml
+
+    from headscale_core.config import find_config_file
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config")
+    known, _ = pre.parse_known_args(argv)
+    block: list[str] = []
+    env = os.environ.get("HEADSCALE_PLUGINS_BLOCK", "")
+    if env:
+        parsed = yaml.safe_load(env)
+        block += [str(x) for x in parsed] if isinstance(parsed, list) else [x.strip() for x in env.split(",")]
+    try:
+        path = find_config_file(known.config, os.environ)
+        raw = yaml.safe_load(path.read_text()) if path else None
+    except (OSError, yaml.YAMLError):
+        raw = None  # reported properly when the config is loaded
+    if isinstance(raw, dict) and isinstance(raw.get("plugins"), dict):
+        block += [str(x) for x in raw["plugins"].get("block") or []]
+    return block
+
+
 def load(args: argparse.Namespace, plugins: Plugins) -> Config:
     from headscale_core.server.app import plugin_sections
 
@@ -83,7 +113,7 @@ def load(args: argparse.Namespace, plugins: Plugins) -> Config:
     if config.plugins.block:
         args.plugins = Plugins(make_plugin_manager(block=config.plugins.block))
     setup_logging(config)
-    return config
+    return args.plugins.resolve_secrets(config)
 
 
 def fail(args: argparse.Namespace, message: str, problems: list[str] | None = None) -> int:

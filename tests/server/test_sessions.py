@@ -1,0 +1,179 @@
+"""Map-session behaviour: batching, stream replacement, online state, key rotation, logout,
+expiry and DERP map refresh — all through the real ts2021 path on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from headscale_core.protocol.keys import PrivateKey
+from headscale_core.server.app import refresh_derp_map
+from headscale_core.state.changes import DERPMapChanged
+from headscale_core.testing.inprocess import running
+from headscale_core.testing.tsclient import TSClient
+
+
+class Sim:
+    """A simulated machine: keys, a client, and a map request."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url, self.name = url, name
+        self.machine, self.node, self.disco = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+        self.client: TSClient | None = None
+
+    async def join(self, key: str) -> TSClient:
+        self.client = await TSClient.connect(self.url, machine_private=self.machine)
+        await self.client.register(self.node.node_public(), auth_key=key, hostinfo={"Hostname": self.name})
+        return self.client
+
+    def request(self, **extra: Any) -> dict[str, Any]:
+        return {"Version": 130, "NodeKey": str(self.node.node_public()), "DiscoKey": str(self.disco.disco_public()),
+                "Stream": True, "Compress": "zstd", "KeepAlive": True, **extra}
+
+
+async def drain(stream: Any, quiet: float = 0.3) -> list[dict[str, Any]]:
+    """Messages until the stream has been quiet for ``quiet`` seconds (keep-alives skipped)."""
+    out = []
+    while True:
+        try:
+            msg = await asyncio.wait_for(stream.__anext__(), quiet)
+        except TimeoutError:
+            return out
+        if not msg.get("KeepAlive"):
+            out.append(msg)
+
+
+async def user_key(state: Any, **kw: Any) -> str:
+    user = await state.create_user("alice")
+    return (await state.create_preauth_key(user, reusable=True, **kw))[1]
+
+
+async def test_registration_burst_is_coalesced_not_full_maps(tmp_path: Path) -> None:
+    async with running(tmp_path, tuning={"batch_change_delay": "50ms"}) as srv:
+        key = await user_key(srv.state)
+        watcher = Sim(srv.url, "watcher")
+        await watcher.join(key)
+        stream = watcher.client.map_stream(watcher.request())
+        first = await stream.__anext__()
+        assert "Peers" not in first
+        sims = [Sim(srv.url, f"n{i}") for i in range(40)]
+        await asyncio.gather(*(s.join(key) for s in sims))
+        messages = await drain(stream)
+        seen = {p["ID"] for m in messages for p in m.get("PeersChanged") or []}
+        assert len(seen) == 40
+        # 40 registrations within a batching window: a handful of deltas, never a full map
+        assert len(messages) < 10, f"{len(messages)} messages for 40 registrations"
+        assert not any("Peers" in m for m in messages)
+        for s in [watcher, *sims]:
+            await s.client.close()
+
+
+async def test_newer_stream_replaces_the_old_one_and_online_state_follows(tmp_path: Path) -> None:
+    async with running(tmp_path) as srv:
+        key = await user_key(srv.state)
+        a, b = Sim(srv.url, "a"), Sim(srv.url, "b")
+        await a.join(key)
+        await b.join(key)
+        stream_a = a.client.map_stream(a.request())
+        await stream_a.__anext__()
+        old = b.client.map_stream(b.request())
+        await old.__anext__()
+        b_id = srv.state.store.by_node_key(str(b.node.node_public())).id
+        assert srv.state.is_online(b_id)
+        second = await TSClient.connect(srv.url, machine_private=b.machine)
+        new = second.map_stream(b.request())
+        full = await new.__anext__()
+        assert full["Node"]["ID"] == b_id
+        # the old stream ends; the node stays online because the new one holds it
+        ended = False
+        try:
+            while True:
+                await asyncio.wait_for(old.__anext__(), 3)
+        except StopAsyncIteration:
+            ended = True
+        except Exception:
+            ended = True
+        assert ended
+        assert srv.state.is_online(b_id)
+        await second.close()
+        # the node goes offline; its peer hears Online false with LastSeen
+        for _ in range(20):
+            msgs = await drain(stream_a, 0.3)
+            patches = [p for m in msgs for p in m.get("PeersChangedPatch") or [] if p["NodeID"] == b_id]
+            if any(p.get("Online") is False for p in patches):
+                assert any("LastSeen" in p for p in patches)
+                break
+        else:
+            raise AssertionError("peer never heard that b went offline")
+        await a.client.close()
+        await b.client.close()
+
+
+async def test_key_rotation_logout_and_expiry(tmp_path: Path) -> None:
+    async with running(tmp_path) as srv:
+        key = await user_key(srv.state)
+        m = Sim(srv.url, "rot")
+        await m.join(key)
+        node = srv.state.store.by_node_key(str(m.node.node_public()))
+        # rotation: new node key with OldNodeKey and fresh auth keeps the node and addresses
+        new_key = PrivateKey.generate()
+        answer = await m.client.register(new_key.node_public(), auth_key=key, old_node_key=m.node.node_public())
+        assert answer["MachineAuthorized"] is True
+        rotated = srv.state.node(node.id)
+        assert rotated.node_key == str(new_key.node_public()) and rotated.ipv4 == node.ipv4
+        m.node = new_key
+        # logout: expiry in the past
+        answer = await m.client.register(new_key.node_public(), expiry="1970-01-01T00:02:03Z")
+        assert answer["NodeKeyExpired"] is True
+        assert srv.state.node(node.id).is_expired(datetime.now(UTC))
+        # the expired key re-registering without auth is told to rotate
+        answer = await m.client.register(new_key.node_public())
+        assert answer == {"NodeKeyExpired": True}
+        await m.client.close()
+
+
+async def test_default_node_expiry_and_hostinfo_changes(tmp_path: Path) -> None:
+    async with running(tmp_path, node={"expiry": "1h"}) as srv:
+        key = await user_key(srv.state)
+        a, b = Sim(srv.url, "a"), Sim(srv.url, "b")
+        await a.join(key)
+        await b.join(key)
+        node = srv.state.store.by_node_key(str(b.node.node_public()))
+        assert node.expiry is not None
+        assert timedelta(minutes=59) < node.expiry - datetime.now(UTC) <= timedelta(hours=1)
+        stream_a = a.client.map_stream(a.request())
+        await stream_a.__anext__()
+        await drain(stream_a)
+        await b.client.lite_update(b.node.node_public(), hostinfo={"Hostname": "b", "OS": "linux",
+                                                                   "Services": [{"Proto": "peerapi4", "Port": 1}]})
+        msgs = await drain(stream_a)
+        changed = [p for msg in msgs for p in msg.get("PeersChanged") or []]
+        assert changed and changed[-1]["Hostinfo"]["Services"][0]["Port"] == 1
+        await b.client.lite_update(b.node.node_public(), hostinfo={
+            "Hostname": "b", "OS": "linux", "Services": [{"Proto": "peerapi4", "Port": 1}],
+            "NetInfo": {"PreferredDERP": 901}})
+        msgs = await drain(stream_a)
+        patches = [p for msg in msgs for p in msg.get("PeersChangedPatch") or []]
+        assert patches == [{"NodeID": node.id, "DERPRegion": 901}]
+        await a.client.close()
+        await b.client.close()
+
+
+async def test_derp_map_refresh_reaches_streams(tmp_path: Path) -> None:
+    path = tmp_path / "derp.json"
+    path.write_text('{"Regions": {"900": {"RegionID": 900, "RegionCode": "a", "Nodes": []}}}')
+    async with running(tmp_path / "srv", derp={"paths": [str(path)], "urls": [], "server": {"enabled": False}}) as srv:
+        key = await user_key(srv.state)
+        a = Sim(srv.url, "a")
+        await a.join(key)
+        stream = a.client.map_stream(a.request())
+        first = await stream.__anext__()
+        assert list(first["DERPMap"]["Regions"]) == ["900"]
+        path.write_text('{"Regions": {"902": {"RegionID": 902, "RegionCode": "b", "Nodes": []}}}')
+        assert await refresh_derp_map(srv.ctx)
+        await srv.state.emit(DERPMapChanged())
+        msgs = await drain(stream)
+        assert [list(m["DERPMap"]["Regions"]) for m in msgs if "DERPMap" in m] == [["902"]]
+        await a.client.close()
