@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 def regions_of(doc: Any, where: str) -> dict[int, dict[str, Any]]:
     """The ``Regions`` of a DERP map document, keyed by integer region ID."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("Regions", doc.get("regions")), dict):
+    raw_regions = doc.get("Regions", doc.get("regions")) if isinstance(doc, dict) else None
+    if not isinstance(raw_regions, dict):
         raise ValueError(f"{where}: not a DERP map (expected a mapping with 'Regions')")
     out: dict[int, dict[str, Any]] = {}
-    for key, region in doc.get("Regions", doc.get("regions")).items():
+    for key, region in raw_regions.items():
         if region is None:
             continue
         region = _go_case(region)

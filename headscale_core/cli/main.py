@@ -46,8 +46,10 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
     p = db.add_parser("backup", help="write a consistent online backup of the database")
     p.add_argument("destination")
     p.set_defaults(func=cmd_db_backup)
+    import importlib
+
     try:
-        from headscale_core.cli import admin
+        admin = importlib.import_module("headscale_core.cli.admin")
     except ImportError:
         pass
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
@@ -130,9 +131,10 @@ _background: set[asyncio.Task[None]] = set()
 
 
 async def start_listener(runner: web.AppRunner, host: str, port: int,
-                         upgrades: Mapping[str, ConnectionUpgrade], ssl_context: object = None) -> asyncio.Server:
+                         upgrades: Mapping[str, ConnectionUpgrade],
+                         ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
     server = runner.server
     assert server is not None, "call runner.setup() first"
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: FrontProtocol(server, upgrades), host, port,
-                                    ssl=ssl_context, reuse_address=True)  # type: ignore[arg-type]
+                                    ssl=ssl_context, reuse_address=True)
