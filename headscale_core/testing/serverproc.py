@@ -29,6 +29,7 @@ class ServerError(RuntimeError):
 def base_config(workdir: Path, port: int, metrics_port: int) -> dict[str, Any]:
     """A loopback-only config: sqlite in `workdir`, no DERP, no log upload, allow-all policy."""
     return {
+        "data_dir": str(workdir),  # anything else the server keeps stays in the test's directory
         "server_url": f"http://127.0.0.1:{port}",
         "listen_addr": f"127.0.0.1:{port}",
         "metrics_listen_addr": f"127.0.0.1:{metrics_port}",

@@ -76,7 +76,8 @@ class TailscaleNode:
     """One official tailscaled plus the `tailscale` CLI, in a directory of its own.
 
     All waiting is async so that an in-process server in the same event loop keeps serving.
-    `wrap` prefixes the daemon's argv (e.g. `NetnsLab.command(host)` to run it in a lab host).
+    `wrap` prefixes the daemon's argv (e.g. `NetnsLab.command(host)` to run it in a lab host);
+    its SOCKS5/HTTP proxies then listen in that host's namespace, so `dial()` works only without it.
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class TailscaleNode:
         self._wrap = list(wrap)
         self._isolation_check = isolation_check
         self._daemon: subprocess.Popen[bytes] | None = None
+        self._up_procs: list[asyncio.subprocess.Process] = []  # from up_nowait, ended by stop()
 
     # --- process lifecycle ----------------------------------------------------------------------
 
@@ -150,6 +152,11 @@ class TailscaleNode:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop the daemon with SIGTERM, then SIGKILL if it does not exit within `timeout`."""
+        for proc in self._up_procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        self._up_procs.clear()
         if not self._daemon or self._daemon.poll() is not None:
             return
         self._daemon.send_signal(signal.SIGTERM)
@@ -258,13 +265,15 @@ class TailscaleNode:
         For interactive login read the URL with `read_login_url(proc)`.
         """
         args = self._up_args(login_server, auth_key, hostname, extra_args, timeout)
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             *self._argv(args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=self.env,
         )
+        self._up_procs.append(proc)
+        return proc
 
     @staticmethod
     async def read_login_url(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> str:

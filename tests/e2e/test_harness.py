@@ -79,7 +79,9 @@ async def test_start_refuses_outside_an_isolated_netns(tmp_path: Path) -> None:
 def _isolation_verdict(prefix: list[str], script: str = "") -> str:
     check = "from headscale_core.testing.netns import isolation_problems as p; print(p())"
     argv = [*prefix, "sh", "-c", f'{script} exec "$0" -c "$1"', sys.executable, check]
-    return subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO).stdout
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, f"{argv} exited {result.returncode}: {result.stderr}"
+    return result.stdout
 
 
 def test_isolation_check_sees_a_default_route_and_an_interface() -> None:
