@@ -9,6 +9,7 @@ wording where its service has one.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,8 +107,12 @@ def load_hujson(text: str) -> Any:
         raise PolicyError(f"parsing policy: {exc}") from exc
 
 
-def parse_policy(text: str | dict[str, Any]) -> Policy:
-    """Parse and validate a policy document; raises `PolicyError`."""
+def parse_policy(text: str | dict[str, Any], tailnet_domains: Collection[str] | None = None) -> Policy:
+    """Parse and validate a policy document; raises `PolicyError`.
+
+    `tailnet_domains` are the email domains that belong to the tailnet; when given,
+    `user:*@domain` and `localpart:*@domain` must name one of them (Tailscale's rule).
+    """
     raw = load_hujson(text) if isinstance(text, str) else text
     if not isinstance(raw, dict):
         raise PolicyError("policy must be a JSON object")
@@ -120,7 +125,8 @@ def parse_policy(text: str | dict[str, Any]) -> Policy:
         check_tag_name(tag)
     check_groups(groups)
     hosts = dict(raw.get("hosts") or {})
-    ctx = _Ctx(groups, tag_owners, hosts)
+    domains = None if tailnet_domains is None else frozenset(tailnet_domains)
+    ctx = _Ctx(groups, tag_owners, hosts, domains)
     rules = [_acl(i, a, ctx) for i, a in enumerate(raw.get("acls") or [])]
     rules += [_grant(i, g, ctx) for i, g in enumerate(raw.get("grants") or [])]
     from .ssh_parse import parse_ssh_rules, parse_ssh_tests
@@ -152,6 +158,7 @@ class _Ctx:
     groups: dict[str, list[str]]
     tag_owners: dict[str, list[str]]
     hosts: dict[str, str]
+    tailnet_domains: frozenset[str] | None = None
 
 
 def _acl(index: int, acl: dict[str, Any], ctx: _Ctx) -> NetRule:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .model import PolicyError
+from .ssh import is_localpart
 from .validate import AliasContext, check_alias
 
 MAX_CHECK_PERIOD = 168 * 3600.0
@@ -53,20 +54,23 @@ def parse_ssh_rules(entries: Sequence[dict[str, Any]], ctx: AliasContext) -> lis
 
     rules = []
     for index, entry in enumerate(entries):
-        action = entry.get("action")
+        action = str(entry.get("action") or "").strip()
         if not action:
             raise PolicyError("action must be specified")
         if action not in ("accept", "check"):
             raise PolicyError(f'"{action}" is not a valid action')
-        users = entry.get("users")
+        # Tailscale ignores blanks around names: " root" is root, " accept" is accept.
+        users = [str(u).strip() for u in entry.get("users") or []]
         if not users:
             raise PolicyError("users must be specified")
         for user in users:
-            check_ssh_user(user)
-        srcs = tuple(entry.get("src") or [])
+            check_ssh_user(user, ctx)
+        srcs = tuple(str(s).strip() for s in entry.get("src") or [])
         dsts = tuple(entry.get("dst") or [])
         for src in srcs:
             check_alias(src, "src", ctx)
+            if src.removeprefix("user:").startswith("*@"):
+                check_domain(src.removeprefix("user:")[2:], ctx, prefix="[ssh] ")
         for dst in dsts:
             if dst in ctx.hosts:
                 raise PolicyError(f'invalid dst "{dst}"')
@@ -78,13 +82,19 @@ def parse_ssh_rules(entries: Sequence[dict[str, Any]], ctx: AliasContext) -> lis
     return rules
 
 
-def check_ssh_user(user: str) -> None:
+def check_ssh_user(user: str, ctx: AliasContext) -> None:
     if user in ("", "*"):
         raise PolicyError(f'user "{user}" is not valid')
-    if user.startswith("localpart:"):
-        domain = user.removeprefix("localpart:").partition("@")[2]
-        if not user.startswith("localpart:*@") or "*" in domain:
-            raise PolicyError(f"{domain or user} is not associated with this Tailnet and cannot be used in user:*@<domain> expressions")
+    if is_localpart(user):
+        check_domain(user.removeprefix("localpart:*@"), ctx)
+
+
+def check_domain(domain: str, ctx: AliasContext, prefix: str = "") -> None:
+    """`*@domain` expressions must name a domain of this tailnet (and never a wildcard)."""
+    known = ctx.tailnet_domains
+    if "*" in domain or (known is not None and domain not in known):
+        raise PolicyError(f"{prefix}{domain} is not associated with this Tailnet and cannot be used in "
+                          "user:*@<domain> expressions")
 
 
 def _check_period(entry: dict[str, Any]) -> float | None:
@@ -94,7 +104,7 @@ def _check_period(entry: dict[str, Any]) -> float | None:
     if text == "always":
         return 0.0
     seconds = parse_go_duration(str(text))
-    if seconds <= 0:
+    if seconds < 0:
         raise PolicyError(f"checkPeriod {format_go_duration(seconds)} must be a positive duration")
     if seconds > MAX_CHECK_PERIOD:
         raise PolicyError(f"checkPeriod {format_go_duration(seconds)} is above the max (168h)")
@@ -106,7 +116,7 @@ def parse_ssh_tests(tests: Sequence[dict[str, Any]], ctx: AliasContext) -> None:
         for dst in test.get("dst") or []:
             if dst.startswith("tag:") and dst not in ctx.tag_owners:
                 raise PolicyError(f'SSH tests dst contains unknown tag "{dst}"')
-            if dst.startswith("autogroup:internet") or _is_ip(dst):
+            if dst.startswith("autogroup:internet") or (_is_ip(dst) and "/" in dst):
                 raise PolicyError(f'SSH tests dst contains disallowed element "{dst}"')
         for key in ("accept", "deny", "check"):
             for user in test.get(key) or []:

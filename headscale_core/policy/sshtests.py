@@ -21,7 +21,7 @@ def run_ssh_tests(compiled: CompiledPolicy, tests: Sequence[dict[str, Any]]) -> 
         src_nodes = r.resolve(test.get("src") or "").nodes
         dst_nodes: set[int] = set()
         for dst in test.get("dst") or []:
-            dst_nodes |= r.resolve(dst).nodes
+            dst_nodes |= r.matching_nodes(r.resolve(dst), as_source=True)
         if not src_nodes or not dst_nodes:
             out.append(f"sshTests[{index}]: src or dst matches no device")
             continue
@@ -44,7 +44,8 @@ def _verdict(compiled: CompiledPolicy, src: int, dst: int, user: str) -> str:
     policy = compiled.policy
     assert policy is not None
     r = compiled.resolver
-    for rule in policy.ssh:
+    # The node sees check rules ahead of accept rules (see ssh.py), so a check that matches wins.
+    for rule in sorted(policy.ssh, key=lambda rule: rule.action != "check"):
         if src not in ssh_sources(dst, rule, r):
             continue
         if _user_matches(rule.users, user, r.nodes[src].user_id, compiled):

@@ -21,9 +21,14 @@ AUTOGROUPS = frozenset({
 
 
 class AliasContext(Protocol):
-    groups: dict[str, list[str]]
-    tag_owners: dict[str, list[str]]
-    hosts: dict[str, str]
+    @property
+    def groups(self) -> dict[str, list[str]]: ...
+    @property
+    def tag_owners(self) -> dict[str, list[str]]: ...
+    @property
+    def hosts(self) -> dict[str, str]: ...
+    @property
+    def tailnet_domains(self) -> frozenset[str] | None: ...
 
 
 def check_tag_name(tag: str) -> None:
@@ -35,10 +40,12 @@ def check_tag_name(tag: str) -> None:
 
 
 def check_groups(groups: Mapping[str, Sequence[str]]) -> None:
-    for name, members in groups.items():
-        for member in members:
-            if isinstance(member, str) and member.startswith("group:"):
-                raise PolicyError(f'groups["{name}"]: "{member}": group members cannot be recursive')
+    # Tailscale reports the last nested group in name order (group:b in a<->b cycle).
+    nested = [(name, member) for name in sorted(groups) for member in groups[name]
+              if isinstance(member, str) and member.startswith("group:")]
+    if nested:
+        name, member = nested[-1]
+        raise PolicyError(f'groups["{name}"]: "{member}": group members cannot be recursive')
 
 
 def check_alias(alias: str, field: str, ctx: AliasContext) -> None:

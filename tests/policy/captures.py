@@ -43,6 +43,11 @@ class Capture:
         return str(self.data["input"]["api_response_body"]["message"])
 
     @property
+    def tailnet_domains(self) -> list[str]:
+        """The tailnet is named after its owner's login; its domain is the tailnet's own."""
+        return [str(self.data.get("tailnet", "")).rpartition("@")[2]]
+
+    @property
     def node_captures(self) -> dict[str, dict[str, Any]]:
         return self.data.get("captures") or {}
 

@@ -28,7 +28,7 @@ def test_capture(capture_path: Path) -> None:
     users, nodes = capture.users, list(capture.nodes.values())
     expected_error = capture.rejected_with
     try:
-        policy = parse_policy(capture.policy_text)
+        policy = parse_policy(capture.policy_text, tailnet_domains=capture.tailnet_domains)
         failures = run_policy_tests(policy, users, nodes)
         if failures:
             raise PolicyError("test(s) failed")
