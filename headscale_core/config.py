@@ -13,7 +13,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,44 @@ def load_config(
         where = f" in {file}" if file else ""
         raise ConfigError(f"{len(problems)} problem(s){where}: " + "; ".join(problems), problems)
     return Config(root=root, sections=sections, source=str(file) if file else None)
+
+
+def resolve_secrets(config: Config, resolve: Callable[[str], str | None]) -> Config:
+    """Replace every text value that ``resolve`` recognises as a secret reference.
+
+    ``resolve`` returns the secret, None for an ordinary value, or raises ``ConfigError`` with
+    the reason; every failure is collected with its key path and raised together.
+    """
+    problems: list[str] = []
+    root = _resolve(config.root, "", resolve, problems)
+    sections = {name: _resolve(value, name, resolve, problems) for name, value in config.sections.items()}
+    if problems:
+        where = f" in {config.source}" if config.source else ""
+        raise ConfigError(f"{len(problems)} unresolvable secret reference(s){where}: " + "; ".join(problems), problems)
+    return dataclasses.replace(config, root=root, sections=sections)
+
+
+def _resolve(value: Any, keypath: str, resolve: Callable[[str], str | None], problems: list[str]) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for f in dataclasses.fields(value):
+            old = getattr(value, f.name)
+            new = _resolve(old, _join(keypath, _yaml_key(f)), resolve, problems)
+            if new is not old:
+                changes[f.name] = new
+        return dataclasses.replace(value, **changes) if changes else value
+    if isinstance(value, dict):
+        return {k: _resolve(v, _join(keypath, str(k)), resolve, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, f"{keypath}[{i}]", resolve, problems) for i, v in enumerate(value)]
+    if isinstance(value, str) and value:
+        try:
+            answer = resolve(value)
+        except ConfigError as exc:
+            problems.append(f"{keypath}: {exc}")
+            return value
+        return value if answer is None else answer
+    return value
 
 
 def _expand(value: Any, keypath: str, env: Mapping[str, str], problems: list[str]) -> Any:

@@ -53,6 +53,21 @@ def headscale_config_sections() -> Mapping[str, type]:
 
 
 @hookspec
+def headscale_resolve_secret(reference: str, config: Config) -> str | None:
+    """Resolve a secret reference written as a config value (``vault:secret/headscale#db``).
+
+    Called at start-up for every text value of the configuration (Headscale's keys and plugin
+    sections) after ``${VAR}`` expansion, so a secret need not sit in the file. ``config`` is
+    the configuration as written, references unresolved (the plugin reads its own connection
+    settings from it). Return the secret, or None when ``reference`` is not of a form the
+    plugin owns; raise ``ConfigError`` with the reason when it is, but cannot be resolved.
+    Calling semantics: all called; the first non-None answer replaces the value, no answer
+    leaves the value as written; every ``ConfigError`` is reported with its key path and
+    start-up fails.
+    """
+
+
+@hookspec
 def headscale_storage_backends() -> Mapping[str, Callable[[Config], StorageBackend]]:
     """Offer storage backends by name, selected with ``database.type``.
 

@@ -41,7 +41,7 @@ def test_config(data_dir: Path, **overrides: Any) -> Config:
     data_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw))
     plugins = Plugins(make_plugin_manager())
-    return load_config(str(path), env={}, plugin_sections=plugin_sections(plugins))
+    return plugins.resolve_secrets(load_config(str(path), env={}, plugin_sections=plugin_sections(plugins)))
 
 
 def loopback_control(**extra: Any) -> dict[str, Any]:
