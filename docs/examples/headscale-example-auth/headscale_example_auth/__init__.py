@@ -1,0 +1,1 @@
+"""headscale-example-auth: allow logins only from configured email domains."""
