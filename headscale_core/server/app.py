@@ -46,6 +46,8 @@ async def open_core(config: Config, *, plugins: Plugins | None = None, migrate: 
     ctx.extras["metrics"] = Metrics(ctx.registry)
     backend = plugins.choose("headscale_storage_backends", "database.type", config.database.type, "")(config)
     plugins.choose("headscale_policy_sources", "policy.mode", config.policy.mode, "")
+    bus_factory = plugins.choose("headscale_change_buses", "change bus", backend.preferred_change_bus,
+                                 f"preferred by database.type {config.database.type}")
     await backend.open(migrate_schema=migrate)
     state = StateService(config, backend, plugins, context=ctx)
     ctx.state = state
@@ -55,10 +57,14 @@ async def open_core(config: Config, *, plugins: Plugins | None = None, migrate: 
         await backend.close()
         raise
     ctx.extras["registrar"] = Registrar(state)
+    ctx.extras["change_bus"] = bus_factory(ctx)
+    state.attach_bus(ctx.extras["change_bus"])
     return ctx
 
 
 async def close_core(ctx: ServerContext) -> None:
+    if "change_bus" in ctx.extras:
+        await ctx.extras["change_bus"].aclose()
     await ctx.state.close()
     await ctx.state.storage.close()
     await ctx.keys.aclose()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,8 @@ from headscale_core.config import Config, parse_duration
 from headscale_core.errors import Conflict, InvalidRequest, NotFound
 from headscale_core.events import Event
 from headscale_core.plugins import Plugins
-from headscale_core.state import names
+from headscale_core.providers import ChangeBus
+from headscale_core.state import fanout, names
 from headscale_core.state import secrets as keysecrets
 from headscale_core.state.changes import (
     Change,
@@ -62,6 +64,11 @@ class StateService:
         self._gc_tasks: dict[int, asyncio.Task[None]] = {}
         self.derp_map: dict[str, Any] = {"Regions": {}}
         self._write_lock = asyncio.Lock()
+        # Multi-instance fan-out (state/fanout.py): what this instance published is tagged with
+        # its ID so it can ignore its own messages; soft changes wait for their write-behind.
+        self.instance_id = uuid.uuid4().hex
+        self._bus: ChangeBus | None = None
+        self._unpublished: list[Change] = []
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -83,12 +90,37 @@ class StateService:
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
-    async def emit(self, *changes: Change) -> None:
+    async def emit(self, *changes: Change, publish: bool = True) -> None:
+        """Tell the local mapper, then (``publish``) the other instances on the change bus."""
         self.policy.note_changes(changes)
         for listener in self._listeners:
             result = listener(list(changes))
             if result is not None:
                 await result
+        if publish:
+            await self._publish(changes)
+
+    def attach_bus(self, bus: ChangeBus) -> None:
+        """Publish committed changes on ``bus`` and apply what other instances publish there."""
+        self._bus = bus
+        bus.subscribe(self.apply_remote)
+
+    async def _publish(self, changes: Iterable[Change]) -> None:
+        encoded = fanout.encode(changes)
+        if self._bus is None or not encoded:
+            return
+        try:
+            await self._bus.publish({"origin": self.instance_id, "changes": encoded})
+        except Exception:  # the change is committed and applied here; others resync when their bus reconnects
+            log.exception("could not publish %d change(s) to other instances", len(encoded))
+
+    async def apply_remote(self, message: Mapping[str, Any]) -> None:
+        """A message from the change bus: re-read what another instance changed, then emit it here."""
+        if message.get("origin") == self.instance_id:
+            return
+        changes = await fanout.apply(self, message)
+        if changes:
+            await self.emit(*changes, publish=False)
 
     def audit(self, kind: str, actor: str, subject: str = "", source: str = "", **details: Any) -> None:
         try:
@@ -291,6 +323,11 @@ class StateService:
         v6 = self._alloc6.allocate() if self._alloc6 else None
         return v4, v6
 
+    def reserve_addresses(self, node: Node) -> None:
+        for alloc in (self._alloc4, self._alloc6):
+            if alloc is not None:
+                alloc.reserve([node.ipv4, node.ipv6])
+
     def release_addresses(self, node: Node) -> None:
         if self._alloc4:
             self._alloc4.release(node.ipv4)
@@ -327,9 +364,10 @@ class StateService:
         memory and write it behind in batches: lite updates must not wait for the disk."""
         self.store.put(node)
         self._dirty[node.id] = node
+        self._unpublished.extend(changes)
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later())
-        await self.emit(*changes)
+        await self.emit(*changes, publish=False)  # published by flush(), once the row is written
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(0.5)
@@ -348,6 +386,9 @@ class StateService:
             log.exception("could not write %d node update(s) to %s; will retry", len(dirty), self.storage.describe())
             for node_id, node in dirty.items():
                 self._dirty.setdefault(node_id, node)
+            return
+        unpublished, self._unpublished = self._unpublished, []
+        await self._publish(unpublished)
 
     async def delete_node(self, node: Node, actor: str = "cli") -> None:
         async with self._write_lock, self.storage.transaction() as s:
