@@ -1,0 +1,142 @@
+"""The ``postgres`` change bus: committed changes travel between instances with LISTEN/NOTIFY.
+
+Publishing is a ``SELECT pg_notify(...)`` through the storage engine, after the change's own
+commit, so a listener that re-reads the rows sees them. Listening needs a connection of its
+own that stays in LISTEN mode; a lifespan keeps it open, pings it, and reconnects with
+backoff. Every (re)connection is followed by a ``{"resync": true}`` message to the
+subscribers: notifications sent while nobody listened are lost by PostgreSQL's design, so the
+state is reloaded from the database instead (including the gap between start-up's load and
+the first LISTEN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+
+from headscale_postgres.backend import PostgresBackend
+from headscale_postgres.failures import is_disconnect, root_cause
+
+log = logging.getLogger("headscale_postgres.bus")
+
+CHANNEL = "headscale_changes"
+# PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; a bigger batch becomes a resync.
+MAX_PAYLOAD = 7900
+PING_INTERVAL = 10.0
+
+Subscriber = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+class PostgresChangeBus:
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.backend = backend
+        self._subscribers: list[Subscriber] = []
+        self._inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        self.listening = asyncio.Event()
+        self.synced = asyncio.Event()  # the first resync after start-up has been applied
+        self.resyncs = 0
+
+    def subscribe(self, callback: Subscriber) -> None:
+        self._subscribers.append(callback)
+
+    async def publish(self, change: Mapping[str, Any]) -> None:
+        payload = json.dumps(change, separators=(",", ":"))
+        if len(payload.encode()) > MAX_PAYLOAD:
+            payload = json.dumps({"origin": change.get("origin"), "resync": True})
+        async with self.backend.transaction() as s:
+            await s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+
+    async def aclose(self) -> None:
+        self._subscribers.clear()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Listen for the life of the server; start-up waits (briefly) until listening and in sync."""
+        tasks = [asyncio.create_task(self._listen_forever(), name="postgres-listen"),
+                 asyncio.create_task(self._deliver_forever(), name="postgres-deliver")]
+        try:
+            try:
+                await asyncio.wait_for(self.synced.wait(), 15)
+            except TimeoutError:
+                log.warning("not listening on %s yet: changes made by other instances arrive once it connects",
+                            self.backend.describe())
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await asyncpg.connect(**self.backend.settings.asyncpg_kwargs())
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    log.error("cannot LISTEN on %s: %s", self.backend.describe(), self.backend.explain(exc))
+                log.warning("change bus: %s unreachable (%s); retrying in %.1f s", self.backend.describe(),
+                            root_cause(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            try:
+                await self._session(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("change bus: lost the LISTEN connection to %s (%s); reconnecting",
+                            self.backend.describe(), root_cause(exc))
+            finally:
+                self.listening.clear()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+
+    async def _session(self, conn: asyncpg.Connection) -> None:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(CHANNEL, self._on_notification)
+        # Whatever was committed while we were not listening is only in the tables now.
+        self.resyncs += 1
+        self._inbox.put_nowait({"resync": True})
+        self.listening.set()
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), PING_INTERVAL)
+                break
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)  # a dead peer shows up here
+        raise ConnectionError("the server closed the connection")
+
+    def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            log.warning("change bus: ignoring a notification that is not JSON: %.80r", payload)
+            return
+        self._inbox.put_nowait(message)
+
+    async def _deliver_forever(self) -> None:
+        """One message at a time, in order, so a resync is never overtaken by what followed it."""
+        while True:
+            message = await self._inbox.get()
+            for callback in list(self._subscribers):
+                try:
+                    await callback(message)
+                except Exception:
+                    log.exception("change bus: applying a change from another instance failed; "
+                                  "resynchronising from the database in 1 s")
+                    await asyncio.sleep(1.0)
+                    self._inbox.put_nowait({"resync": True})
+                    break
+            else:
+                if message.get("resync"):
+                    self.synced.set()

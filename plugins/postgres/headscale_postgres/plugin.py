@@ -1,0 +1,44 @@
+"""The headscale-core plugin: the ``postgres`` storage backend, the ``postgres`` change bus
+(LISTEN/NOTIFY, run by a lifespan) and ``headscale db migrate``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from headscale_core.config import Config
+from headscale_core.errors import ConfigError
+from headscale_core.hookspecs import hookimpl
+from headscale_core.providers import ChangeBus
+from headscale_core.storage.backend import StorageBackend
+from headscale_postgres.backend import PostgresBackend
+from headscale_postgres.bus import PostgresChangeBus
+from headscale_postgres.settings import settings_from
+
+
+def postgres_backend(config: Config) -> PostgresBackend:
+    return PostgresBackend(settings_from(config), echo=config.database.debug)
+
+
+@hookimpl
+def headscale_storage_backends() -> Mapping[str, Callable[[Config], StorageBackend]]:
+    return {"postgres": postgres_backend}
+
+
+def postgres_bus(ctx: Any) -> PostgresChangeBus:
+    backend = ctx.state.storage
+    if not isinstance(backend, PostgresBackend):
+        raise ConfigError(f"the postgres change bus needs database.type postgres, not {ctx.config.database.type!r}")
+    return PostgresChangeBus(backend)
+
+
+@hookimpl
+def headscale_change_buses() -> Mapping[str, Callable[[Any], ChangeBus]]:
+    return {"postgres": postgres_bus}
+
+
+@hookimpl
+def headscale_lifespans(ctx: Any) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
+    bus = ctx.extras.get("change_bus")
+    return [bus.running] if isinstance(bus, PostgresChangeBus) else []
