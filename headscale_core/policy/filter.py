@@ -18,6 +18,11 @@ from .ports import PortRange
 INTERNET_V4 = ("0.0.0.0-9.255.255.255", "11.0.0.0-100.63.255.255", "100.128.0.0-169.253.255.255",
                "169.255.0.0-172.15.255.255", "172.32.0.0-192.167.255.255", "192.169.0.0-255.255.255.255")
 INTERNET_V6 = ("2000::-3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",)
+# Capabilities whose grant also tells the sources something, and what it tells them.
+COMPANION_CAPS = {
+    "tailscale.com/cap/drive": "tailscale.com/cap/drive-sharer",
+    "tailscale.com/cap/relay": "tailscale.com/cap/relay-target",
+}
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,45 @@ def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver
         if rule.self_dst:
             out.extend(_self_rules(nid, rule, resolver))
         if rule.rule.app:
-            dsts = _cap_dsts(nid, rule, resolver)
-            if dsts:
-                out.append({"SrcIPs": list(rule.src_strings),
-                            "CapGrant": [{"Dsts": dsts, "CapMap": rule.rule.app}]})
+            out.extend(_cap_rules(nid, rule, resolver))
     return _merge(out)
+
+
+def _cap_rules(nid: int, rule: PreparedRule, resolver: Resolver) -> list[dict[str, Any]]:
+    """CapGrant rules node `nid` receives as a destination of an app grant, then companions.
+
+    A companion (drive -> drive-sharer, relay -> relay-target) goes the other way: the grant's
+    sources learn that the destinations may use the capability on them.
+    """
+    app = rule.rule.app
+    own = [str(n) for n in resolver.node_nets[nid]]
+    out: list[dict[str, Any]] = []
+    dsts = _cap_dsts(nid, rule, resolver)
+    if dsts:
+        out.append(_cap_grant(list(rule.src_strings), dsts, app))
+    self_srcs = self_sources(nid, rule, resolver) if rule.self_dst else frozenset()
+    if self_srcs:
+        out.append(_cap_grant(_node_src_strings(self_srcs, resolver), own, app))
+    companions = [COMPANION_CAPS[name] for name in sorted(app) if name in COMPANION_CAPS]
+    if not companions or not resolver.node_in_src(nid, rule.src):
+        return out
+    peers: list[str] = []
+    if any(d != "autogroup:self" for d in rule.rule.dsts):
+        peers = resolver.src_ipset(rule.dst).src_strings()
+    node = resolver.nodes[nid]
+    if rule.self_dst and not node.tags and node.user_id is not None:
+        peers += _node_src_strings(resolver.user_nodes(node.user_id), resolver)
+    if peers:
+        out.extend(_cap_grant(sorted(set(peers)), own, {c: None}) for c in companions)
+    return out
+
+
+def _cap_grant(src: list[str], dsts: list[str], cap_map: dict[str, Any]) -> dict[str, Any]:
+    return {"SrcIPs": src, "CapGrant": [{"Dsts": dsts, "CapMap": cap_map}]}
+
+
+def _node_src_strings(nodes: frozenset[int], resolver: Resolver) -> list[str]:
+    return IPSet.of(net for n in nodes for net in resolver.node_nets[n]).src_strings()
 
 
 def _merge(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -205,18 +205,21 @@ def _grant(index: int, grant: dict[str, Any], ctx: _Ctx) -> NetRule:
         check_app(app, dsts)
     specs = [parse_ip_spec(s) for s in ip_specs]
     targets = tuple(Target(d, protos, ports) for d in dsts for protos, ports in specs)
-    _check_self_sources(srcs, list(dsts), app_only=bool(app))
+    _check_self_sources(srcs, list(dsts), grant=True)
     return NetRule("grants", index, _text(grant), srcs, targets, dsts, dict(app), via,
                    tuple(grant.get("srcPosture") or []))
 
 
-def _check_self_sources(srcs: tuple[str, ...], dsts: list[str], app_only: bool = False) -> None:
+def _check_self_sources(srcs: tuple[str, ...], dsts: list[str], grant: bool = False) -> None:
     if "autogroup:self" in srcs:
         raise PolicyError('"autogroup:self" not valid on the src side of a rule')
     if "autogroup:self" not in dsts:
         return
-    allowed = all(s == "*" or s.startswith("group:") or "@" in s or s == "autogroup:member" for s in srcs)
-    if app_only or not allowed:
+    # An ACL may pair "*" with autogroup:self (narrowed per node); a grant may not, as "*"
+    # includes tagged nodes.
+    allowed = all((s == "*" and not grant) or s.startswith("group:") or "@" in s or s == "autogroup:member"
+                  for s in srcs)
+    if not allowed:
         raise PolicyError("autogroup:self can only be used with users, groups, or supported autogroups")
 
 

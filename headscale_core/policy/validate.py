@@ -73,17 +73,20 @@ def check_ip_dst_for_app(dst: str) -> None:
         raise PolicyError(f'dst "{dst}": to allow all IP addresses, use "*" or "autogroup:internet"')
 
 
+# tailscale.com capabilities a policy may grant; the others (drive-sharer, relay-target,
+# ingress, funnel...) are the service's own.
+GRANTABLE_TAILSCALE_CAPS = frozenset({
+    "tailscale.com/cap/drive", "tailscale.com/cap/relay", "tailscale.com/cap/webui",
+    "tailscale.com/cap/kubernetes", "tailscale.com/cap/tsidp", "tailscale.com/cap/secrets",
+})
+
+
 def check_app(app: Mapping[str, Any], dsts: Sequence[str]) -> None:
     if "autogroup:internet" in dsts:
         raise PolicyError("cannot use app grants with autogroup:internet")
     for name in app:
-        bare = name.removeprefix("https://")
-        domain, slash, path = bare.partition("/")
-        if not slash or not domain or not path:
+        domain, slash, path = name.partition("/")
+        if "://" in name or not slash or not domain or not path:
             raise PolicyError("capability name must have the form {domain}/{path}")
-        if domain == "tailscale.com" and not _allowed_tailscale_cap(path):
+        if domain == "tailscale.com" and name not in GRANTABLE_TAILSCALE_CAPS:
             raise PolicyError("capability name must not be in the tailscale.com domain")
-
-
-def _allowed_tailscale_cap(path: str) -> bool:
-    return path.startswith("cap/")
