@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from headscale_core.errors import StorageError
@@ -32,13 +33,21 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    # Alembic raises (rather than returning None) for a revision it has no script for.
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def check_and_upgrade(connection: Connection, upgrade: bool = True) -> None:
     """Refuse a schema from a newer release; otherwise upgrade to head (when asked)."""
     from alembic import command
 
     script = ScriptDirectory.from_config(alembic_config())
     current = current_revision(connection)
-    if current is not None and script.get_revision(current) is None:
+    if current is not None and not _known(script, current):
         raise StorageError(
             f"the database schema is at revision {current}, which this release of headscale-core does not know: "
             "it was written by a newer release. Upgrade headscale-core, or restore a backup made before the upgrade"
