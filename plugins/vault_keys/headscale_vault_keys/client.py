@@ -120,11 +120,13 @@ def _read_file(path: str, key: str) -> str:
     return text
 
 
-def read_secret(client: hvac.Client, settings: VaultSection, mount: str, path: str) -> StoredSecret | DeletedSecret | None:
+def read_secret(client: hvac.Client, settings: VaultSection, mount: str, path: str,
+                what: str = "") -> StoredSecret | DeletedSecret | None:
     """The latest version at ``mount``/``path``; a ``DeletedSecret`` when that version was
-    deleted or destroyed; None when nothing was ever written there."""
+    deleted or destroyed; None when nothing was ever written there. ``what`` names the secret
+    in error messages."""
     kv = client.secrets.kv.v2
-    with translated(settings, f"read {mount}/{path} from Vault"):
+    with translated(settings, f"read {what} ({mount}/{path})" if what else f"read {mount}/{path}"):
         try:
             answer = kv.read_secret_version(path=path, mount_point=mount, raise_on_deleted_version=True)
         except hvac.exceptions.InvalidPath:
@@ -143,10 +145,10 @@ def _deleted_or_absent(kv: Any, mount: str, path: str) -> DeletedSecret | None:
 
 
 def write_secret(client: hvac.Client, settings: VaultSection, mount: str, path: str, data: dict[str, Any],
-                 *, cas: int) -> int | None:
+                 *, cas: int, what: str = "") -> int | None:
     """Write a new version if the current one is ``cas`` (0: only if none exists); return the
     new version, or None when someone else wrote first (check-and-set refused)."""
-    with translated(settings, f"write {mount}/{path} to Vault"):
+    with translated(settings, f"write {what} ({mount}/{path})" if what else f"write {mount}/{path}"):
         try:
             answer = client.secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point=mount, cas=cas)
         except hvac.exceptions.InvalidRequest as exc:

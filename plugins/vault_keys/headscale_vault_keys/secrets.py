@@ -44,9 +44,9 @@ def parse_reference(text: str) -> SecretReference | None:
 def resolve_reference(reference: SecretReference, settings: VaultSection) -> str:
     """The field's value; ``ConfigError`` saying why when there is none."""
     try:
-        found = read_secret(connect(settings), settings, reference.mount, reference.path)
+        found = read_secret(connect(settings), settings, reference.mount, reference.path, str(reference))
     except VaultAccessError as exc:
-        raise ConfigError(f"{reference}: {exc}") from exc
+        raise ConfigError(str(exc)) from exc
     if found is None:
         raise ConfigError(f"{reference}: no secret at {reference.mount}/{reference.path} in Vault at "
                           f"{settings.address}: create it (`bao kv put {reference.mount}/{reference.path} "

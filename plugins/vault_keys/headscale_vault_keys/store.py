@@ -75,7 +75,7 @@ class VaultKeyStore:
         self._cache.clear()
 
     def _load_or_create(self, name: str) -> bytes:
-        client = self._connect(f"load the {name} private key")
+        client = self._connect()
         found = self._read(client, name)
         if isinstance(found, StoredKey):
             self.marker.record(name, found.raw)
@@ -95,7 +95,7 @@ class VaultKeyStore:
         return self._store(name, generate_private(), replace=False, client=client)
 
     def _store(self, name: str, raw: bytes, *, replace: bool, client: Any = None) -> bytes:
-        client = client or self._connect(f"store the {name} private key")
+        client = client or self._connect()
         cas = 0
         if replace:
             current = self._read(client, name)
@@ -115,7 +115,7 @@ class VaultKeyStore:
         return raw
 
     def _import(self, name: str, raw: bytes) -> bool:
-        client = self._connect(f"store the {name} private key")
+        client = self._connect()
         found = self._read(client, name)
         if isinstance(found, StoredKey):
             if found.raw != raw:
@@ -131,11 +131,11 @@ class VaultKeyStore:
         self.marker.record(name, raw, created=True)
         return True
 
-    def _connect(self, doing: str) -> Any:
+    def _connect(self) -> Any:
         try:
             return connect(self.settings)
         except VaultAccessError as exc:
-            raise KeyStoreError(f"cannot {doing}: {exc}") from exc
+            raise KeyStoreError(str(exc)) from exc
 
     def _kv_path(self, name: str) -> str:
         return f"{self.settings.mount.strip('/')}/{self.settings.path.strip('/')}/{name}"
@@ -146,9 +146,10 @@ class VaultKeyStore:
     def _read(self, client: Any, name: str) -> StoredKey | DeletedSecret | None:
         """The stored key, a deleted one, or None when nothing was ever stored."""
         try:
-            found = read_secret(client, self.settings, self.settings.mount.strip("/"), self._secret_path(name))
+            found = read_secret(client, self.settings, self.settings.mount.strip("/"), self._secret_path(name),
+                                f"the {name} private key")
         except VaultAccessError as exc:
-            raise KeyStoreError(f"the {name} private key: {exc}") from exc
+            raise KeyStoreError(str(exc)) from exc
         if not isinstance(found, StoredSecret):
             return found
         text = str(found.data.get(FIELD, "")).strip()
@@ -165,9 +166,9 @@ class VaultKeyStore:
         data = {FIELD: PREFIX + raw.hex(), "public_key": public_from_private(raw).hex()}
         try:
             return write_secret(client, self.settings, self.settings.mount.strip("/"), self._secret_path(name),
-                                data, cas=cas)
+                                data, cas=cas, what=f"the {name} private key")
         except VaultAccessError as exc:
-            raise KeyStoreError(f"the {name} private key: {exc}") from exc
+            raise KeyStoreError(str(exc)) from exc
 
 
 def vault_key_store(config: Any) -> VaultKeyStore:
