@@ -1,6 +1,6 @@
 """Time policy compilation for 1,000 nodes / 100 rules, and a recompute after one node's tags change.
 
-Run: .venv/bin/python benchmarks/policy_compile.py
+Run: .venv/bin/python -m benchmarks.policy_compile (or through `python -m benchmarks run`)
 """
 
 from __future__ import annotations
@@ -50,23 +50,32 @@ def policy_text() -> str:
     })
 
 
-def timed(label: str, fn):  # type: ignore[no-untyped-def]
+def timed(label: str, fn, results: dict[str, float]):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     result = fn()
-    print(f"{label:48} {1000 * (time.perf_counter() - start):8.1f} ms")
+    results[label] = round(1000 * (time.perf_counter() - start), 2)
     return result
 
 
-def main() -> None:
+def measure() -> dict[str, float]:
+    """Milliseconds of each step, by label (the runner's ``policy_compile`` scenario)."""
+    results: dict[str, float] = {}
     users, nodes = topology()
-    policy = timed("parse", lambda: parse_policy(policy_text()))
-    compiled = timed(f"compile ({NODES} nodes, {RULES} rules)", lambda: compile_policy(policy, users, nodes))
-    timed("packet filters for every node", lambda: [compiled.packet_filter(n.id) for n in nodes])
-    timed("visible peers for every node", lambda: [compiled.visible_peers(n.id) for n in nodes])
+    policy = timed("parse_ms", lambda: parse_policy(policy_text()), results)
+    compiled = timed("compile_ms", lambda: compile_policy(policy, users, nodes), results)
+    timed("packet_filters_all_nodes_ms", lambda: [compiled.packet_filter(n.id) for n in nodes], results)
+    timed("visible_peers_all_nodes_ms", lambda: [compiled.visible_peers(n.id) for n in nodes], results)
     changed = replace(nodes[1], tags=("tag:t3",), user_id=None)
-    recompiled = timed("with_node_changed (one node's tags)", lambda: compiled.with_node_changed(changed))
-    timed("packet filter + peers of the changed node", lambda: (recompiled.packet_filter(changed.id),
-                                                                 recompiled.visible_peers(changed.id)))
+    recompiled = timed("recompute_one_node_tags_ms", lambda: compiled.with_node_changed(changed), results)
+    timed("changed_node_filter_and_peers_ms", lambda: (recompiled.packet_filter(changed.id),
+                                                        recompiled.visible_peers(changed.id)), results)
+    return results
+
+
+def main() -> None:
+    print(f"{NODES} nodes, {RULES} rules")
+    for label, value in measure().items():
+        print(f"{label:48} {value:8.1f}")
 
 
 if __name__ == "__main__":
