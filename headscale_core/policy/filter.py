@@ -62,7 +62,10 @@ def prepare(rule: NetRule, resolver: Resolver) -> PreparedRule:
         if t.alias != "autogroup:self"
     )
     dst = resolver.resolve_all([d for d in rule.dsts if d != "autogroup:self"])
-    src_ips = resolver.src_ipset(src)
+    # Per alias: next to "*", Tailscale still lists the addresses other aliases name.
+    src_ips = IPSet()
+    for alias in rule.srcs:
+        src_ips = src_ips | resolver.src_ipset(resolver.resolve(alias))
     return PreparedRule(rule, src, src_ips, targets, dst, "autogroup:self" in rule.dsts, src_ips.src_strings())
 
 
@@ -133,7 +136,8 @@ def _merge(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
             by_key[key] = rule
             merged.append(rule)
         else:
-            first["DstPorts"] = first["DstPorts"] + [d for d in rule["DstPorts"] if d not in first["DstPorts"]]
+            # Tailscale concatenates without removing repeats.
+            first["DstPorts"] = first["DstPorts"] + rule["DstPorts"]
     return merged
 
 

@@ -68,12 +68,8 @@ class IPSet:
     def src_strings(self) -> list[str]:
         """The set as FilterRule.SrcIPs strings; Tailscale lists overlapping prefixes as they are."""
         out: list[str] = list(TAILNET_SRC_STRINGS) if self.tailnet else []
-        for family in (4, 6):
-            nets = [n for n in self.prefixes if n.version == family]
-            if self.tailnet:
-                nets = [n for n in nets if not (n.subnet_of(CGNAT) if family == 4 else n.subnet_of(TAILNET_V6))]  # type: ignore[arg-type]
-            out.extend(format_ip(n) for n in set(nets))
-        return sorted(out)
+        out.extend(format_ip(n) for n in self.prefixes)
+        return sorted(set(out))
 
 
 def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
