@@ -320,7 +320,8 @@ class StaticPolicy:
 
     async def watch(self) -> AsyncIterator[None]:
         while True:
-            yield await self.changed.get()
+            await self.changed.get()
+            yield None
 
 
 class StaticPolicyPlugin:
