@@ -156,10 +156,14 @@ class Resolver:
             hi = bisect_right(self._sorted_ips, (prefix.version, int(prefix.broadcast_address), 1 << 62))
             out.update(nid for _, _, nid in self._sorted_ips[lo:hi])
             if not as_source:
-                out.update(nid for nid, routes in self.routes.items()
-                           if any(r.version == prefix.version and r.overlaps(prefix)  # type: ignore[arg-type]
-                                  for r in routes if not is_exit_route(r)))
+                out.update(self.routers_into(prefix))
         return frozenset(out)
+
+    def routers_into(self, prefix: IPNetwork) -> set[int]:
+        """Nodes with an approved subnet route overlapping `prefix`."""
+        return {nid for nid, routes in self.routes.items()
+                if any(r.version == prefix.version and r.overlaps(prefix)  # type: ignore[arg-type]
+                       for r in routes if not is_exit_route(r))}
 
     def node_matches(self, nid: int, resolved: Resolved) -> bool:
         """Does traffic to node `nid` (its addresses or approved routes) fall under `resolved`?"""

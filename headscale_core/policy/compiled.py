@@ -61,7 +61,10 @@ class CompiledPolicy:
         r = self.resolver
         out = []
         for rule in self.prepared:
-            out.append((r.matching_nodes(rule.src, as_source=True), r.matching_nodes(rule.dst), rule))
+            # A router whose subnet falls in the sources sends on that subnet's behalf.
+            srcs = r.matching_nodes(rule.src, as_source=True).union(
+                *(r.routers_into(p) for p in rule.src.prefixes))
+            out.append((srcs, r.matching_nodes(rule.dst), rule))
         return out
 
     def visible_peers(self, node_id: int) -> frozenset[int]:
