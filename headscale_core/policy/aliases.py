@@ -159,6 +159,9 @@ class Resolver:
                 out.update(self.routers_into(prefix))
         return frozenset(out)
 
+    def subnet_routes(self, nid: int) -> tuple[IPNetwork, ...]:
+        return tuple(r for r in self.routes[nid] if not is_exit_route(r))
+
     def routers_into(self, prefix: IPNetwork) -> set[int]:
         """Nodes with an approved subnet route overlapping `prefix`."""
         return {nid for nid, routes in self.routes.items()

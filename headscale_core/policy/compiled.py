@@ -18,6 +18,7 @@ from .parse import NetRule, Policy, Target
 from .ports import ALL_PORTS
 from .routes import auto_approved
 from .ssh import node_ssh_policy
+from .via import via_routes
 
 ALLOW_ALL = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
 
@@ -64,7 +65,11 @@ class CompiledPolicy:
             # A router whose subnet falls in the sources sends on that subnet's behalf.
             srcs = r.matching_nodes(rule.src, as_source=True).union(
                 *(r.routers_into(p) for p in rule.src.prefixes))
-            out.append((srcs, r.matching_nodes(rule.dst), rule))
+            if rule.via:
+                dsts = frozenset(n for n in r.nodes if rule.via_router(n, r))
+            else:
+                dsts = r.matching_nodes(rule.dst)
+            out.append((srcs, dsts, rule))
         return out
 
     def visible_peers(self, node_id: int) -> frozenset[int]:
@@ -105,15 +110,26 @@ class CompiledPolicy:
 
     def peer_allowed_ips(self, viewer_id: int, peer_id: int) -> list[str]:
         out = [str(n) for n in self.resolver.node_nets[peer_id]]
-        routes = [parse_network(p) for p in self.primary_routes(peer_id)]
-        routes += [r for r in self.resolver.routes[peer_id] if is_exit_route(r)]
-        return out + [str(r) for r in routes if self._may_use_route(viewer_id, r)]
+        primaries = [parse_network(p) for p in self.primary_routes(peer_id)]
+        exits = [r for r in self.resolver.routes[peer_id] if is_exit_route(r)]
+        steered = via_routes(self.prepared, self.resolver, viewer_id, peer_id) if not self.allow_all else None
+        routes = [r for r in primaries + exits
+                  if (steered is None or r not in steered.exclude) and self._may_use_route(viewer_id, r)]
+        if steered:
+            routes += [r for r in steered.include
+                       if r not in routes and (r in primaries or r not in steered.use_primary)]
+        # A router sharing a subnet with its primary sees that route on the primary.
+        own = self.resolver.subnet_routes(viewer_id)
+        routes += [r for r in primaries if r in own and r not in routes]
+        return out + [str(r) for r in routes]
 
     def _may_use_route(self, viewer_id: int, route: IPNetwork) -> bool:
         """A route is offered to a viewer that may send into it or receive from it."""
         if self.allow_all:
             return True
         for srcs, dsts, rule in self._edges:
+            if rule.via:  # a via grant's routes are decided by via_routes
+                continue
             if viewer_id in srcs and _reaches(rule.dst, route):
                 return True
             if viewer_id in dsts and not is_exit_route(route) and _reaches(rule.src, route):

@@ -44,6 +44,16 @@ class PreparedRule:
     dst: Resolved  # union of all destinations (for app grants and visibility)
     self_dst: bool  # some destination is autogroup:self
     src_strings: list[str]
+    via: frozenset[str] = frozenset()  # tags of the routers this grant steers through
+
+    def via_router(self, nid: int, resolver: Resolver) -> bool:
+        """Is `nid` a router this via grant steers through (via tag and a route into its dst)?"""
+        node = resolver.nodes[nid]
+        if not self.via.intersection(node.tags):
+            return False
+        if self.dst.internet and nid in resolver.exit_nodes():
+            return True
+        return any(_overlaps(p, r) for p in self.dst.prefixes for r in resolver.subnet_routes(nid))
 
     @property
     def proto_groups(self) -> list[tuple[int, ...]]:
@@ -66,13 +76,17 @@ def prepare(rule: NetRule, resolver: Resolver) -> PreparedRule:
     src_ips = IPSet()
     for alias in rule.srcs:
         src_ips = src_ips | resolver.src_ipset(resolver.resolve(alias))
-    return PreparedRule(rule, src, src_ips, targets, dst, "autogroup:self" in rule.dsts, src_ips.src_strings())
+    return PreparedRule(rule, src, src_ips, targets, dst, "autogroup:self" in rule.dsts, src_ips.src_strings(),
+                        frozenset(rule.via))
 
 
 def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver) -> list[dict[str, Any]]:
     """The FilterRules node `nid` receives, in policy order."""
     out: list[dict[str, Any]] = []
     for rule in prepared:
+        if rule.via:
+            out.extend(_via_rules(nid, rule, resolver))
+            continue
         for protos in rule.proto_groups:
             dst_ports = [entry for t in rule.targets if t.protos == protos
                          for entry in _dst_entries(nid, t, resolver)]
@@ -83,6 +97,30 @@ def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver
         if rule.rule.app:
             out.extend(_cap_rules(nid, rule, resolver))
     return _merge(out)
+
+
+def _via_rules(nid: int, rule: PreparedRule, resolver: Resolver) -> list[dict[str, Any]]:
+    """A via grant reaches only its routers, for the destinations their subnet routes serve.
+
+    Its app capabilities are not sent: Tailscale compiles only the network part of a via grant.
+    """
+    if not rule.via_router(nid, resolver):
+        return []
+    routes = resolver.subnet_routes(nid)
+    ips = [format_ip(p) for p in sorted(rule.dst.prefixes, key=str) if any(_overlaps(p, r) for r in routes)]
+    if rule.dst.internet and nid in resolver.exit_nodes():
+        ips.extend(INTERNET_V4 + INTERNET_V6)
+    out = []
+    for protos in rule.proto_groups:
+        ports = [p for t in rule.targets if t.protos == protos for p in t.ports]
+        entries = [{"IP": ip, "Ports": p.as_json()} for ip in dict.fromkeys(ips) for p in dict.fromkeys(ports)]
+        if entries:
+            out.append(_filter_rule(list(rule.src_strings), entries, protos))
+    return out
+
+
+def _overlaps(a: Any, b: Any) -> bool:
+    return bool(a.version == b.version and a.overlaps(b))
 
 
 def _cap_rules(nid: int, rule: PreparedRule, resolver: Resolver) -> list[dict[str, Any]]:
