@@ -130,7 +130,7 @@ class CompiledPolicy:
         for srcs, dsts, rule in self._edges:
             if rule.via:  # a via grant's routes are decided by via_routes
                 continue
-            if viewer_id in srcs and _reaches(rule.dst, route):
+            if viewer_id in srcs and _reaches(rule.dst, route, as_dst=True):
                 return True
             if viewer_id in dsts and not is_exit_route(route) and _reaches(rule.src, route):
                 return True
@@ -152,9 +152,10 @@ class CompiledPolicy:
         return explain(self, src_node_id, dst_node_id, port, proto)
 
 
-def _reaches(resolved: Resolved, route: IPNetwork) -> bool:
+def _reaches(resolved: Resolved, route: IPNetwork, as_dst: bool = False) -> bool:
     if is_exit_route(route):
-        return resolved.internet or resolved.danger_all
+        # "*" as a destination lets its sources use exit nodes; as a source it does not.
+        return resolved.internet or resolved.danger_all or (as_dst and resolved.star)
     return resolved.star or resolved.danger_all or any(
         p.version == route.version and p.overlaps(route) for p in resolved.prefixes)  # type: ignore[arg-type]
 

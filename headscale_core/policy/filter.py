@@ -76,7 +76,9 @@ def prepare(rule: NetRule, resolver: Resolver) -> PreparedRule:
     src_ips = IPSet()
     for alias in rule.srcs:
         src_ips = src_ips | resolver.src_ipset(resolver.resolve(alias))
-    return PreparedRule(rule, src, src_ips, targets, dst, "autogroup:self" in rule.dsts, src_ips.src_strings(),
+    # autogroup:danger-all is every address, IPv4, IPv6 and tailnet alike: Tailscale writes "*".
+    src_strings = ["*"] if src.danger_all else src_ips.src_strings()
+    return PreparedRule(rule, src, src_ips, targets, dst, "autogroup:self" in rule.dsts, src_strings,
                         frozenset(rule.via))
 
 
