@@ -28,6 +28,7 @@ from headscale_core.plugins import Plugins, make_plugin_manager
 from headscale_core.providers import ConnectionUpgrade
 from headscale_core.server.context import ServerContext
 from headscale_core.server.h2conn import serve_ts2021
+from headscale_core.server.h2conn_ws import serve_ts2021_websocket
 from headscale_core.server.listener import start_listener
 from headscale_core.server.machine import MachineHandler
 from headscale_core.server.web import web_routes
@@ -160,6 +161,10 @@ async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
 
     app = web.Application(client_max_size=4 << 20)
     app.add_routes(web_routes(ctx, noise_private))
+    # The WebSocket variant of /ts2021 (browsers, js/wasm clients): the listener leaves
+    # WebSocket upgrades to aiohttp, which hands them over without losing bytes.
+    app.add_routes([web.get("/ts2021", partial(serve_ts2021_websocket, private_key=noise_private,
+                                               handler=machine))])
     for routes in ctx.plugins.hook.headscale_routes(ctx=ctx):
         app.add_routes(routes)
     local_app = _api_setup(ctx, app)
@@ -189,7 +194,7 @@ async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
             site = web.TCPSite(metrics_runner, mhost, mport)
             await site.start()
             cleanups.append(metrics_runner)
-            addresses["metrics"] = site._server.sockets[0].getsockname() if site._server else None  # type: ignore[union-attr]
+            addresses["metrics"] = metrics_runner.addresses[0] if metrics_runner.addresses else None
         if local_app is not None and config.unix_socket:
             socket_path = config.path(config.unix_socket)
             socket_path.parent.mkdir(parents=True, exist_ok=True)
