@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -42,3 +43,11 @@ def headscale_change_buses() -> Mapping[str, Callable[[Any], ChangeBus]]:
 def headscale_lifespans(ctx: Any) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
     bus = ctx.extras.get("change_bus")
     return [bus.running] if isinstance(bus, PostgresChangeBus) else []
+
+
+@hookimpl
+def headscale_cli_commands(subparsers: argparse._SubParsersAction, plugin_manager: Any) -> None:  # type: ignore[type-arg]
+    """``headscale db migrate``, added to the core's ``db`` group."""
+    from headscale_postgres.cli import add_db_migrate
+
+    add_db_migrate(subparsers)
