@@ -66,7 +66,7 @@ class DerpServerSection:
     region_code: str = doc("Short region code shown by clients.", "headscale")
     region_name: str = doc("Region name shown by clients.", "Headscale Embedded DERP")
     verify_clients: bool = doc("Only nodes registered here may use the relay.", True)
-    stun_listen_addr: str = doc("UDP address of the STUN responder.", "0.0.0.0:3478")
+    stun_listen_addr: str = doc("UDP address of the STUN responder (0.0.0.0:3478 to serve clients elsewhere).", "127.0.0.1:3478")
     private_key_path: str = doc("DERP relay private key; generated if missing.", "derp_server_private.key")
     automatically_add_embedded_derp_region: bool = doc("Add the relay's region to the DERP map.", True)
     ipv4: str = doc("Public IPv4 address written into the region entry.", "")
