@@ -1,7 +1,9 @@
 """The ``postgres`` change bus: committed changes travel between instances with LISTEN/NOTIFY.
 
 Publishing is a ``SELECT pg_notify(...)`` through the storage engine, after the change's own
-commit, so a listener that re-reads the rows sees them. Listening needs a connection of its
+commit, so a listener that re-reads the rows sees them. While the server runs, ``publish``
+only queues: a publisher task sends what accumulated in as few notifications as fit, so a
+registration does not wait for an extra round trip. Listening needs a connection of its
 own that stays in LISTEN mode; a lifespan keeps it open, pings it, and reconnects with
 backoff. Every (re)connection is followed by a ``{"resync": true}`` message to the
 subscribers: notifications sent while nobody listened are lost by PostgreSQL's design, so the
@@ -40,6 +42,9 @@ class PostgresChangeBus:
         self._subscribers: list[Subscriber] = []
         self._inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
         self.listening = asyncio.Event()
+        self._outbox: list[Mapping[str, Any]] = []
+        self._outbox_ready = asyncio.Event()
+        self._publisher_running = False
         self.synced = asyncio.Event()  # the first resync after start-up has been applied
         self.resyncs = 0
 
@@ -47,11 +52,29 @@ class PostgresChangeBus:
         self._subscribers.append(callback)
 
     async def publish(self, change: Mapping[str, Any]) -> None:
-        payload = json.dumps(change, separators=(",", ":"))
-        if len(payload.encode()) > MAX_PAYLOAD:
-            payload = json.dumps({"origin": change.get("origin"), "resync": True})
+        if not self._publisher_running:  # a CLI command outside `serve`: send now
+            await self._send([change])
+            return
+        self._outbox.append(change)
+        self._outbox_ready.set()
+
+    async def _send(self, messages: list[Mapping[str, Any]]) -> None:
+        payloads = list(_payloads(messages))
         async with self.backend.transaction() as s:
-            await s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+            for payload in payloads:
+                await s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+
+    async def _publish_forever(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, []
+            try:
+                await self._send(batch)
+            except Exception:
+                log.exception("change bus: could not notify other instances of %d change set(s); they "
+                              "resynchronise when their own connection to %s is re-established", len(batch),
+                              self.backend.describe())
 
     async def aclose(self) -> None:
         self._subscribers.clear()
@@ -60,7 +83,9 @@ class PostgresChangeBus:
     async def running(self) -> AsyncIterator[None]:
         """Listen for the life of the server; start-up waits (briefly) until listening and in sync."""
         tasks = [asyncio.create_task(self._listen_forever(), name="postgres-listen"),
-                 asyncio.create_task(self._deliver_forever(), name="postgres-deliver")]
+                 asyncio.create_task(self._deliver_forever(), name="postgres-deliver"),
+                 asyncio.create_task(self._publish_forever(), name="postgres-publish")]
+        self._publisher_running = True
         try:
             try:
                 await asyncio.wait_for(self.synced.wait(), 15)
@@ -69,6 +94,11 @@ class PostgresChangeBus:
                             self.backend.describe())
             yield
         finally:
+            self._publisher_running = False
+            if self._outbox:  # what was committed before shutdown still goes out
+                batch, self._outbox = self._outbox, []
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._send(batch), 5)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -140,3 +170,35 @@ class PostgresChangeBus:
             else:
                 if message.get("resync"):
                     self.synced.set()
+
+
+def _payloads(messages: list[Mapping[str, Any]]) -> list[str]:
+    """Merge change sets of one origin into as few NOTIFY payloads as fit; a single set too big
+    for one becomes a resync request."""
+    out: list[str] = []
+    origin: Any = None
+    pending: list[Any] = []
+
+    def dump(changes: list[Any]) -> str:
+        return json.dumps({"origin": origin, "changes": changes}, separators=(",", ":"))
+
+    for message in messages:
+        if message.get("origin") != origin and pending:
+            out.append(dump(pending))
+            pending = []
+        origin = message.get("origin")
+        for change in message.get("changes") or ():
+            if len(dump([*pending, change]).encode()) > MAX_PAYLOAD:
+                if pending:
+                    out.append(dump(pending))
+                pending = [change]
+                if len(dump(pending).encode()) > MAX_PAYLOAD:
+                    out.append(json.dumps({"origin": origin, "resync": True}))
+                    pending = []
+            else:
+                pending.append(change)
+        if message.get("resync"):
+            out.append(json.dumps({"origin": origin, "resync": True}))
+    if pending:
+        out.append(dump(pending))
+    return out
