@@ -53,6 +53,8 @@ class PostgresSection:
 @dataclass(frozen=True)
 class DatabaseSection:
     type: str = doc("Storage backend: sqlite (built in) or postgres (plugin headscale-postgres).", "sqlite")
+    change_bus: str = doc("How server instances tell each other of changes; empty: the backend's choice "
+                          "(sqlite: local, postgres: LISTEN/NOTIFY).", "")
     debug: bool = doc("Log every SQL statement.", False)
     gorm: dict[str, Any] = doc("Accepted for compatibility with Headscale configs; not used.", factory=dict)
     sqlite: SqliteSection = doc("SQLite settings.", factory=SqliteSection)

@@ -106,12 +106,16 @@ def headscale_auth_providers(ctx: ServerContext) -> list[AuthProvider]:
 
 
 @hookspec
-def headscale_authorize_login(identity: Identity, registration: PendingRegistration) -> Deny | None:
+def headscale_authorize_login(
+    identity: Identity, registration: PendingRegistration, ctx: ServerContext
+) -> Deny | None:
     """Veto a login before a node is registered to ``identity``.
 
-    Return ``Deny(reason)`` to refuse, or None to have no opinion. Calling semantics: every
-    implementation is called; any ``Deny`` refuses the login, and the first reason is shown.
-    Must not block: no I/O here (resolve what you need in a lifespan beforehand).
+    ``ctx`` gives the plugin its config section (``ctx.config.<section>``) and the state, so
+    a veto works the same in ``serve`` and in the CLI's offline mode; an implementation may
+    omit the argument. Return ``Deny(reason)`` to refuse, or None to have no opinion.
+    Calling semantics: every implementation is called; any ``Deny`` refuses the login, and
+    the first reason is shown. Must not block: no I/O here.
     """
 
 

@@ -39,16 +39,24 @@ from headscale_core.state.service import StateService
 log = logging.getLogger(__name__)
 
 
-async def open_core(config: Config, *, plugins: Plugins | None = None, migrate: bool = True) -> ServerContext:
-    """Plugins, key store, storage and state: everything but listeners."""
+async def open_core(config: Config, *, plugins: Plugins | None = None, migrate: bool = True,
+                    load_keys: bool = True) -> ServerContext:
+    """Plugins, key store, storage and state: everything but listeners. ``load_keys=False``
+    for tools that never speak to clients (the CLI's offline mode)."""
     plugins = plugins or Plugins(make_plugin_manager(block=config.plugins.block))
     keys = plugins.choose("headscale_key_stores", "keys.store", config.keys.store, "")(config)
     ctx = ServerContext(config=config, plugins=plugins, keys=keys, registry=CollectorRegistry())
     ctx.extras["metrics"] = Metrics(ctx.registry)
     backend = plugins.choose("headscale_storage_backends", "database.type", config.database.type, "")(config)
     plugins.choose("headscale_policy_sources", "policy.mode", config.policy.mode, "")
-    bus_factory = plugins.choose("headscale_change_buses", "change bus", backend.preferred_change_bus,
+    bus_name = config.database.change_bus or backend.preferred_change_bus
+    bus_factory = plugins.choose("headscale_change_buses", "database.change_bus", bus_name,
+                                 "" if config.database.change_bus else
                                  f"preferred by database.type {config.database.type}")
+    if load_keys:
+        # Before the database is touched: a key store that cannot give the existing key
+        # must stop start-up without creating or migrating anything.
+        ctx.extras["noise_private"] = await keys.load_or_create("noise")
     await backend.open(migrate_schema=migrate)
     state = StateService(config, backend, plugins, context=ctx)
     ctx.state = state
@@ -149,7 +157,7 @@ async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
     metrics: Metrics = ctx.extras["metrics"]
     metrics.node_count.set_function(lambda: len(ctx.state.store.nodes))
     metrics.node_connected.set_function(lambda: len(ctx.state.store.online))
-    noise_private = await ctx.keys.load_or_create("noise")
+    noise_private = ctx.extras.get("noise_private") or await ctx.keys.load_or_create("noise")
     await refresh_derp_map(ctx)
     if not ctx.state.derp_map["Regions"]:
         log.warning("the DERP map is empty: clients connect but cannot relay; set derp.urls/derp.paths "

@@ -220,7 +220,7 @@ class Registrar:
         reg = await self.pending(reg_id)
         identity = identity or identity_of(user)
         denials = [d for d in self.state.plugins.hook.headscale_authorize_login(
-            identity=identity, registration=reg) if d is not None]
+            identity=identity, registration=reg, ctx=self.state.context) if d is not None]
         if denials:
             raise InvalidRequest(f"login refused: {denials[0].reason}")
         node = await self._create_or_reuse(reg.machine_key, reg.node_key, reg.old_node_key, reg.hostinfo, user,

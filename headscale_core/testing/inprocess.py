@@ -4,7 +4,7 @@ real storage in a temp directory, driven through the same code paths as ``headsc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,12 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def running(data_dir: Path, **overrides: Any) -> AsyncIterator[RunningServer]:
+async def running(data_dir: Path, *, extra_plugins: Sequence[object] = (),
+                  **overrides: Any) -> AsyncIterator[RunningServer]:
+    """A server on loopback; ``extra_plugins`` are registered like installed plugins."""
     config = test_config(data_dir, **overrides)
-    ctx = await open_core(config)
+    plugins = Plugins(make_plugin_manager(extra=extra_plugins)) if extra_plugins else None
+    ctx = await open_core(config, plugins=plugins)
     try:
         async with running_server(ctx) as addresses:
             host, port = addresses["listen"][:2]
