@@ -41,6 +41,8 @@ def _run_test(compiled: CompiledPolicy, test: dict[str, Any]) -> list[str]:
     for expect, entries in (("accept", test.get("accept") or []), ("deny", test.get("deny") or [])):
         for entry in entries:
             alias, _, port_text = entry.rpartition(":")
+            if alias.startswith("[") and alias.endswith("]"):  # [IPv6]:port
+                alias = alias[1:-1]
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
                 out.append(f"{expect} {entry!r}: the port must be a single number 1-65535")
                 continue
@@ -58,7 +60,7 @@ def _run_test(compiled: CompiledPolicy, test: dict[str, Any]) -> list[str]:
 
 
 def _alias_ips(compiled: CompiledPolicy, alias: str, allow_prefix: bool) -> list[IPAddress]:
-    """IPv4 addresses a test alias stands for; empty when it names nothing usable."""
+    """Addresses a test alias stands for; empty when it names nothing usable."""
     r = compiled.resolver
     policy = r.policy
     if alias.startswith("tag:") and alias not in policy.tag_owners:
@@ -69,7 +71,7 @@ def _alias_ips(compiled: CompiledPolicy, alias: str, allow_prefix: bool) -> list
         return []
     if alias.startswith(("tag:", "group:", "autogroup:")) or "@" in alias:
         nodes = r.resolve(alias).nodes
-        return [n.network_address for nid in sorted(nodes) for n in r.node_nets[nid] if n.version == 4]
+        return [n.network_address for nid in sorted(nodes) for n in r.node_nets[nid]]
     text = policy.hosts.get(alias, alias)
     try:
         net = parse_network(text)
