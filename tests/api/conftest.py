@@ -6,15 +6,20 @@ import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
+from headscale_core.config import Config, load_config
 from headscale_core.events import Event
 from headscale_core.hookspecs import hookimpl
-from headscale_core.testing.inprocess import RunningServer, running
+from headscale_core.plugins import Plugins, make_plugin_manager
+from headscale_core.server.app import close_core, open_core, plugin_sections, running_server
+from headscale_core.testing.inprocess import RunningServer
 
 
 class EventRecorder:
@@ -65,9 +70,42 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def builtin_plugins() -> Plugins:
+    """Only the core's built-in plugins: these tests must not depend on what else is installed."""
+    return Plugins(make_plugin_manager(load_entrypoints=False))
+
+
+def write_config(data_dir: Path, socket: Path, **overrides: Any) -> Config:
+    raw: dict[str, Any] = {
+        "server_url": "http://127.0.0.1:8080",
+        "listen_addr": "127.0.0.1:0",
+        "metrics_listen_addr": "",
+        "data_dir": str(data_dir),
+        "derp": {"urls": [], "paths": [], "server": {"enabled": False}},
+        "unix_socket": str(socket),
+        "policy": {"mode": "database"},
+        **overrides,
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(str(path), env={}, plugin_sections=plugin_sections(builtin_plugins()))
+
+
+@asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[RunningServer]:
+    ctx = await open_core(config, plugins=builtin_plugins())
+    try:
+        async with running_server(ctx) as addresses:
+            host, port = addresses["listen"][:2]
+            yield RunningServer(ctx=ctx, url=f"http://{host}:{port}", addresses=addresses)
+    finally:
+        await close_core(ctx)
+
+
 @pytest.fixture
 async def server(tmp_path: Path, short_dir: Path) -> AsyncIterator[RunningServer]:
-    async with running(tmp_path, policy={"mode": "database"}, unix_socket=str(short_dir / "hs.sock")) as srv:
+    async with serving(write_config(tmp_path, short_dir / "hs.sock")) as srv:
         yield srv
 
 
