@@ -29,6 +29,8 @@ class Resolved:
 
 
 EMPTY = Resolved()
+# The owner holds every admin right.
+ROLE_AUTOGROUPS = {"autogroup:owner": frozenset({"owner"}), "autogroup:admin": frozenset({"owner", "admin"})}
 
 
 class Resolver:
@@ -107,6 +109,10 @@ class Resolver:
             return Resolved(nodes=frozenset(n for ids in self._user_nodes.values() for n in ids))
         if alias == "autogroup:tagged":
             return Resolved(nodes=frozenset(n.id for n in self.nodes.values() if n.tags))
+        if alias in ROLE_AUTOGROUPS:
+            roles = ROLE_AUTOGROUPS[alias]
+            return Resolved(nodes=frozenset(n for u in self.users.values() if roles.intersection(u.roles)
+                                            for n in self.user_nodes(u.id)))
         if alias.startswith("autogroup:"):
             return EMPTY
         if alias.startswith("tag:"):

@@ -14,6 +14,7 @@ from .aliases import Resolved, Resolver
 from .filter import PreparedRule, node_filter_rules, prepare, self_sources
 from .ipset import IPNetwork, is_exit_route, parse_network
 from .model import Explanation, PolicyNode, PolicyUser
+from .nodeattrs import DISABLE_IPV4, node_capmap
 from .parse import NetRule, Policy, Target
 from .ports import ALL_PORTS
 from .routes import auto_approved
@@ -39,6 +40,7 @@ class CompiledPolicy:
         self.prepared: list[PreparedRule] = [prepare(r, self.resolver) for r in rules]
         self._filters: dict[int, list[dict[str, Any]]] = {}
         self._peers: dict[int, frozenset[int]] = {}
+        self._capmaps: dict[int, dict[str, list[Any]]] = {}
 
     def with_node_changed(self, node: PolicyNode) -> CompiledPolicy:
         """A recompiled copy after one node's tags, user, addresses or routes changed."""
@@ -52,7 +54,8 @@ class CompiledPolicy:
             return [dict(r) for r in ALLOW_ALL]
         rules = self._filters.get(node_id)
         if rules is None:
-            relevant = [rule for _, dsts, rule in self._edges if node_id in dsts or rule.self_dst]
+            relevant = [rule for srcs, dsts, rule in self._edges
+                        if node_id in dsts or rule.self_dst or (rule.companion_caps and node_id in srcs)]
             rules = self._filters[node_id] = node_filter_rules(node_id, relevant, self.resolver)
         return rules
 
@@ -108,8 +111,22 @@ class CompiledPolicy:
     def primary_routes(self, peer_id: int) -> list[str]:
         return [p for p, nid in self._primaries.items() if nid == peer_id]
 
+    def capmap(self, node_id: int) -> dict[str, list[Any]]:
+        """The capabilities `nodeAttrs` give the node (its SelfNode.CapMap, policy part)."""
+        cached = self._capmaps.get(node_id)
+        if cached is None:
+            if self.policy is None:
+                cached = {}
+            else:
+                cached = node_capmap(node_id, self.policy.node_attrs, self.resolver,
+                                     bool(self.policy.raw.get("randomizeClientPort")))
+            self._capmaps[node_id] = cached
+        return cached
+
     def peer_allowed_ips(self, viewer_id: int, peer_id: int) -> list[str]:
-        out = [str(n) for n in self.resolver.node_nets[peer_id]]
+        # A node with disable-ipv4 has no IPv4 tailnet address, to its peers and in its own view.
+        no_v4 = DISABLE_IPV4 in self.capmap(peer_id) or DISABLE_IPV4 in self.capmap(viewer_id)
+        out = [str(n) for n in self.resolver.node_nets[peer_id] if not (no_v4 and n.version == 4)]
         primaries = [parse_network(p) for p in self.primary_routes(peer_id)]
         exits = [r for r in self.resolver.routes[peer_id] if is_exit_route(r)]
         steered = via_routes(self.prepared, self.resolver, viewer_id, peer_id) if not self.allow_all else None

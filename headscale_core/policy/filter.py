@@ -46,6 +46,10 @@ class PreparedRule:
     src_strings: list[str]
     via: frozenset[str] = frozenset()  # tags of the routers this grant steers through
 
+    @property
+    def companion_caps(self) -> list[str]:
+        return [COMPANION_CAPS[name] for name in sorted(self.rule.app) if name in COMPANION_CAPS]
+
     def via_router(self, nid: int, resolver: Resolver) -> bool:
         """Is `nid` a router this via grant steers through (via tag and a route into its dst)?"""
         node = resolver.nodes[nid]
@@ -140,7 +144,7 @@ def _cap_rules(nid: int, rule: PreparedRule, resolver: Resolver) -> list[dict[st
     self_srcs = self_sources(nid, rule, resolver) if rule.self_dst else frozenset()
     if self_srcs:
         out.append(_cap_grant(_node_src_strings(self_srcs, resolver), own, app))
-    companions = [COMPANION_CAPS[name] for name in sorted(app) if name in COMPANION_CAPS]
+    companions = rule.companion_caps
     if not companions or not resolver.node_in_src(nid, rule.src):
         return out
     peers: list[str] = []

@@ -24,6 +24,7 @@ class PolicyUser:
     name: str
     email: str = ""
     groups: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()  # tailnet roles: "owner", "admin" (autogroup:owner, autogroup:admin)
 
     @property
     def login(self) -> str:

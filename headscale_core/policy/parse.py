@@ -22,6 +22,7 @@ from .validate import (
     check_app,
     check_groups,
     check_ip_dst_for_app,
+    check_ip_pool,
     check_tag_name,
 )
 
@@ -230,9 +231,8 @@ def _node_attr(index: int, entry: dict[str, Any], ctx: _Ctx) -> NodeAttr:
             raise PolicyError("internal server error")
         if target.startswith("tag:") and target not in ctx.tag_owners:
             raise PolicyError(f'tag not found: "{target}"')
-    ip_pool = entry.get("ipPool")
-    if ip_pool:
-        raise PolicyError(f"IPPool({','.join(ip_pool)}): network within reserved range")
+    for pool in entry.get("ipPool") or []:
+        check_ip_pool(pool, index)
     return NodeAttr(index, targets, tuple(entry.get("attr") or []), dict(entry.get("app") or {}))
 
 

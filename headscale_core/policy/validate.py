@@ -90,3 +90,19 @@ def check_app(app: Mapping[str, Any], dsts: Sequence[str]) -> None:
             raise PolicyError("capability name must have the form {domain}/{path}")
         if domain == "tailscale.com" and name not in GRANTABLE_TAILSCALE_CAPS:
             raise PolicyError("capability name must not be in the tailscale.com domain")
+
+
+# Addresses Tailscale keeps for itself inside CGNAT: MagicDNS/TSMP and the Quad100 service range.
+RESERVED_POOLS = (parse_network("100.100.100.0/24"), parse_network("100.115.92.0/23"))
+CGNAT_POOL = parse_network("100.64.0.0/10")
+
+
+def check_ip_pool(pool: str, index: int) -> None:
+    try:
+        net = parse_network(pool)
+    except ValueError:
+        raise PolicyError(f'nodeAttrs[{index}].ipPool: "{pool}" is not an IP prefix') from None
+    if net.version != 4 or not net.subnet_of(CGNAT_POOL):  # type: ignore[arg-type]
+        raise PolicyError(f'nodeAttrs[{index}].ipPool: "{pool}" is outside 100.64.0.0/10, the tailnet range')
+    if any(net.overlaps(reserved) for reserved in RESERVED_POOLS):  # type: ignore[arg-type]
+        raise PolicyError(f"IPPool({pool}): network within reserved range")

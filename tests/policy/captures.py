@@ -59,7 +59,10 @@ def capture_files() -> list[Path]:
 def load_capture(path: Path) -> Capture:
     data = _load(path)
     topology = data["topology"]
-    users = [PolicyUser(u["id"], u["name"], u.get("email", "")) for u in topology["users"]]
+    owner = data.get("tailnet", "")  # the tailnet is named after its owner's login
+    users = [PolicyUser(u["id"], u["name"], u.get("email", ""),
+                        roles=("owner",) if u.get("email") and u.get("email") == owner else ())
+             for u in topology["users"]]
     by_name = {u.name: u.id for u in users}
     captures = data.get("captures") or {}
 
@@ -127,3 +130,21 @@ def normalise_ssh(policy: dict[str, Any] | None) -> list[str]:
             norm["acceptEnv"] = sorted(norm["acceptEnv"])
         out.append(json.dumps(norm, sort_keys=True))
     return out
+
+
+# Capabilities the service puts on every node whatever the policy says (account roles, feature
+# switches); the engine's CapMap is the policy's part only.
+SERVICE_CAPS = frozenset({
+    "https://tailscale.com/cap/file-sharing", "https://tailscale.com/cap/ssh",
+    "https://tailscale.com/cap/tailnet-lock", "probe-udp-lifetime", "ssh-behavior-v1", "ssh-env-vars",
+    "store-appc-routes", "tailnet-display-name", "https://tailscale.com/cap/is-owner",
+    "https://tailscale.com/cap/is-admin", "default-auto-update",
+})
+
+
+def captured_capmap(netmap: dict[str, Any]) -> dict[str, list[Any]] | None:
+    """The policy's part of the node's own CapMap (null values read as empty), if captured."""
+    cap_map = (netmap.get("SelfNode") or {}).get("CapMap")
+    if cap_map is None:
+        return None
+    return {name: list(values or []) for name, values in cap_map.items() if name not in SERVICE_CAPS}

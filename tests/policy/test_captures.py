@@ -11,7 +11,9 @@ from headscale_core.policy.tests import run_policy_tests
 
 from .captures import (
     CAPTURES_DIR,
+    SERVICE_CAPS,
     capture_files,
+    captured_capmap,
     captured_peers,
     load_capture,
     normalise_filter,
@@ -54,6 +56,11 @@ def test_capture(capture_path: Path) -> None:
                          for p in compiled.visible_peers(node.id)}
             if want_peers != got_peers:
                 problems.append(f"{name}: peers\n  want {want_peers}\n  got  {got_peers}")
+            want_caps = captured_capmap(netmap)
+            if want_caps is not None:
+                got_caps = {k: v for k, v in compiled.capmap(node.id).items() if k not in SERVICE_CAPS}
+                if want_caps != got_caps:
+                    problems.append(f"{name}: CapMap\n  want {want_caps}\n  got  {got_caps}")
             if "SSHPolicy" in netmap:
                 want_ssh = normalise_ssh(netmap.get("SSHPolicy"))
                 got_ssh = normalise_ssh(compiled.ssh_policy(node.id))

@@ -107,3 +107,39 @@ def test_with_node_changed_recomputes_tags() -> None:
     changed = compiled.with_node_changed(retagged)
     assert changed.packet_filter(3) != []
     assert compiled.packet_filter(3) == []
+
+
+def test_capmap_collects_node_attrs_for_the_nodes_they_target() -> None:
+    compiled = compile_text('"nodeAttrs": ['
+                            '{"target": ["tag:server"], "attr": ["funnel"]},'
+                            '{"target": ["odin@example.com"], "attr": ["disable-ipv4"],'
+                            ' "app": {"example.com/cap/x": [{"a": 1}]}},'
+                            '{"target": ["*"], "app": {"example.com/cap/x": [{"b": 2}]}}]')
+    assert "funnel" in compiled.capmap(4)
+    assert "https://tailscale.com/cap/warn-funnel-no-https" in compiled.capmap(4)
+    assert compiled.capmap(1)["example.com/cap/x"] == [{"a": 1}, {"b": 2}]
+    assert "disable-ipv4" not in compiled.capmap(3)
+    # disable-ipv4 hides IPv4 both ways.
+    assert compiled.peer_allowed_ips(3, 1) == ["fd7a:115c:a1e0::1/128"]
+    assert compiled.peer_allowed_ips(1, 3) == ["fd7a:115c:a1e0::3/128"]
+
+
+def test_check_rules_come_before_accept_rules() -> None:
+    compiled = compile_text('"ssh": ['
+                            '{"action": "accept", "src": ["odin@example.com"], "dst": ["tag:server"], "users": ["root"]},'
+                            '{"action": "check", "src": ["odin@example.com"], "dst": ["tag:server"], "users": ["root"]}]')
+    policy = compiled.ssh_policy(4)
+    assert policy is not None
+    assert ["holdAndDelegate" in r["action"] for r in policy["rules"]] == [True, False]
+
+
+def test_via_grant_steers_the_subnet_through_the_tagged_router() -> None:
+    nodes = [*NODES, PolicyNode(6, "n6", "router2", "100.64.0.6", "fd7a:115c:a1e0::6", None, tags=("tag:server",),
+                                advertised_routes=("10.33.0.0/16",), approved_routes=("10.33.0.0/16",))]
+    policy = parse_policy("{" + TAGS + ', "grants": [{"src": ["odin@example.com"], "dst": ["10.33.0.0/16"], '
+                          '"ip": ["*"], "via": ["tag:server"]}]}')
+    compiled = compile_policy(policy, USERS, nodes)
+    assert "10.33.0.0/16" in compiled.peer_allowed_ips(1, 6)  # the via router, though not primary
+    assert "10.33.0.0/16" not in compiled.peer_allowed_ips(1, 5)
+    assert compiled.packet_filter(5) == []
+    assert compiled.packet_filter(6)[0]["DstPorts"][0]["IP"] == "10.33.0.0/16"
