@@ -1,1 +1,0 @@
-pytest_plugins = ["headscale_core.testing.pytest_plugin"]
