@@ -2,7 +2,7 @@
 history on an asyncpg engine.
 
 What differs from SQLite is what happens when the server goes away. A transaction first
-checks its connection out of the pool (pre-ping); while PostgreSQL is unreachable that step
+checks its connection out of the pool and drops it if its socket was closed; while PostgreSQL is unreachable that step
 is retried with backoff and logged, so a restart of the database delays writes instead of
 losing them. A connection that dies *inside* a transaction cannot be replayed from here (the
 caller's code is the transaction), so it is rolled back, logged, and the error reaches the
@@ -51,7 +51,9 @@ class PostgresBackend(StorageBackend):
             max_overflow=s.max_open_conns - pool_size,
             # SQLAlchemy has no idle timeout; recycling after the idle time bounds a connection's age instead.
             pool_recycle=s.conn_max_idle_time_secs if s.conn_max_idle_time_secs > 0 else -1,
-            pool_pre_ping=True,
+            # No pre-ping: it costs a round trip per transaction. _checkout asks asyncpg instead
+            # whether the socket is still open, which catches a restarted server.
+            pool_pre_ping=False,
             connect_args={"ssl": s.ssl_argument(), "timeout": 10,
                           "server_settings": {"application_name": "headscale"}},
         )
@@ -82,7 +84,11 @@ class PostgresBackend(StorageBackend):
         while True:
             attempt += 1
             try:
-                await session.connection()
+                conn = await session.connection()
+                raw = await conn.get_raw_connection()
+                if raw.driver_connection is None or raw.driver_connection.is_closed():
+                    await conn.invalidate()
+                    raise ConnectionResetError("the pooled connection was closed by the server")
             except Exception as exc:
                 waited = time.monotonic() - started
                 if not is_disconnect(exc):
