@@ -29,7 +29,7 @@ from headscale_core.providers import ConnectionUpgrade
 from headscale_core.server.context import ServerContext
 from headscale_core.server.h2conn import serve_ts2021
 from headscale_core.server.h2conn_ws import serve_ts2021_websocket
-from headscale_core.server.listener import start_listener
+from headscale_core.server.listener import TakenOver, start_listener
 from headscale_core.server.machine import MachineHandler
 from headscale_core.server.web import web_routes
 from headscale_core.state.auth import Registrar
@@ -186,8 +186,10 @@ async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
     cleanups: list[Any] = []
     addresses: dict[str, Any] = {}
     try:
-        main_server = await start_listener(runner, host, port, upgrades, ssl_context)
+        taken_over = TakenOver()
+        main_server = await start_listener(runner, host, port, upgrades, taken_over, ssl_context)
         cleanups.append(main_server)
+        cleanups.append(taken_over)
         addresses["listen"] = main_server.sockets[0].getsockname()
         if config.metrics_listen_addr:
             metrics_app = web.Application()
@@ -231,6 +233,8 @@ async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
         for item in reversed(cleanups):
             if isinstance(item, asyncio.AbstractServer):
                 item.close()
+            elif isinstance(item, TakenOver):
+                await item.close()
             else:
                 await item.cleanup()
         await runner.cleanup()

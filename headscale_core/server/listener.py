@@ -44,11 +44,39 @@ def parse_head(raw: bytes) -> RequestHead | None:
     return RequestHead(method=parts[0], target=parts[1], version=parts[2], headers=tuple(headers))
 
 
+class TakenOver:
+    """The raw connections handed to upgrade handlers, so shutdown can end them: a stopping
+    server must drop its clients' streams, or they would never notice and reconnect."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def add(self, task: asyncio.Task[None], writer: asyncio.StreamWriter) -> None:
+        self.tasks.add(task)
+        self.writers.add(writer)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            self.writers.discard(writer)
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        for writer in list(self.writers):
+            writer.transport.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=5)
+
+
 class FrontProtocol(asyncio.Protocol):
     def __init__(self, aiohttp_factory: Callable[[], asyncio.Protocol],
-                 upgrades: Mapping[str, ConnectionUpgrade]) -> None:
+                 upgrades: Mapping[str, ConnectionUpgrade], taken_over: TakenOver) -> None:
         self._aiohttp_factory = aiohttp_factory
         self._upgrades = upgrades
+        self._taken_over = taken_over
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._decided = False
@@ -104,9 +132,7 @@ class FrontProtocol(asyncio.Protocol):
             finally:
                 writer.close()
 
-        task = loop.create_task(run())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        self._taken_over.add(loop.create_task(run()), writer)
 
     def _to_aiohttp(self) -> None:
         transport = self._transport
@@ -127,14 +153,11 @@ class FrontProtocol(asyncio.Protocol):
         self._buffer.clear()
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
 async def start_listener(runner: web.AppRunner, host: str, port: int,
-                         upgrades: Mapping[str, ConnectionUpgrade],
+                         upgrades: Mapping[str, ConnectionUpgrade], taken_over: TakenOver,
                          ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
     server = runner.server
     assert server is not None, "call runner.setup() first"
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: FrontProtocol(server, upgrades), host, port,
+    return await loop.create_server(lambda: FrontProtocol(server, upgrades, taken_over), host, port,
                                     ssl=ssl_context, reuse_address=True)

@@ -365,6 +365,7 @@ class TSClient:
         while stream.status is None:
             if stream.error is not None:
                 raise ConnectionClosed(stream.error)
+            self._check_open()
             stream.changed.clear()
             await self._wait(stream.changed)
         return stream.status
@@ -377,6 +378,7 @@ class TSClient:
                 raise ConnectionClosed(stream.error)
             if stream.ended:
                 return None
+            self._check_open()  # the connection may have died while nobody was reading
             stream.changed.clear()
             await self._wait(stream.changed)
         data, flow_length = stream.chunks.popleft()
