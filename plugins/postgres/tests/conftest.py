@@ -10,8 +10,6 @@ import pytest
 from headscale_postgres.settings import PostgresSettings
 from headscale_postgres.testing import PostgresCluster
 
-pytest_plugins = ["headscale_core.testing.pytest_plugin"]
-
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
