@@ -69,6 +69,9 @@ def measure() -> dict[str, float]:
     recompiled = timed("recompute_one_node_tags_ms", lambda: compiled.with_node_changed(changed), results)
     timed("changed_node_filter_and_peers_ms", lambda: (recompiled.packet_filter(changed.id),
                                                         recompiled.visible_peers(changed.id)), results)
+    # What a server does next: every node's filter and peers again, cached where unaffected.
+    timed("all_nodes_after_change_ms", lambda: [(recompiled.packet_filter(n.id), recompiled.visible_peers(n.id))
+                                                for n in nodes], results)
     return results
 
 

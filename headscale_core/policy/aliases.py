@@ -3,6 +3,7 @@ address prefixes it stands for, computed once per compile and cached by alias te
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,32 @@ class Resolver:
         self._ip_index: dict[IPAddress, int] | None = None
         self._exit_nodes: frozenset[int] | None = None
         self._sorted_ips: list[tuple[int, int, int]] | None = None
+
+    def with_node(self, node: PolicyNode) -> Resolver:
+        """A copy for the tailnet with `node` added or replaced; untouched indexes are shared."""
+        new = copy.copy(self)
+        old = self.nodes.get(node.id)
+        new.nodes = {**self.nodes, node.id: node}
+        new.node_nets = {**self.node_nets, node.id: tuple(parse_network(a) for a in node.addresses)}
+        new._user_nodes = {u: set(ids) for u, ids in self._user_nodes.items()}
+        new._tag_nodes = {t: set(ids) for t, ids in self._tag_nodes.items()}
+        for index in (new._user_nodes, new._tag_nodes):
+            for ids in index.values():
+                ids.discard(node.id)
+        if node.tags:
+            for tag in node.tags:
+                new._tag_nodes.setdefault(tag, set()).add(node.id)
+        elif node.user_id is not None:
+            new._user_nodes.setdefault(node.user_id, set()).add(node.id)
+        new.routes = dict(self.routes)
+        approved = set(node.approved_routes) | set(auto_approved(node, node.advertised_routes, new))
+        new.routes[node.id] = tuple(parse_network(r) for r in node.advertised_routes if r in approved)
+        new._cache = {}
+        if old is None or old.addresses != node.addresses:
+            new._ip_index = new._sorted_ips = None
+        if new.routes[node.id] != self.routes.get(node.id):
+            new._exit_nodes = None
+        return new
 
     def user_ids(self, token: str) -> list[int]:
         token = token.removeprefix("user:").lower()

@@ -12,6 +12,7 @@ from typing import Any
 
 from .aliases import Resolved, Resolver
 from .filter import PreparedRule, node_filter_rules, prepare, self_sources
+from .incremental import with_node_changed
 from .ipset import IPNetwork, is_exit_route, parse_network
 from .model import Explanation, PolicyNode, PolicyUser
 from .nodeattrs import DISABLE_IPV4, node_capmap
@@ -43,11 +44,11 @@ class CompiledPolicy:
         self._capmaps: dict[int, dict[str, list[Any]]] = {}
 
     def with_node_changed(self, node: PolicyNode) -> CompiledPolicy:
-        """A recompiled copy after one node's tags, user, addresses or routes changed."""
-        nodes = [node if n.id == node.id else n for n in self.nodes]
-        if all(n.id != node.id for n in self.nodes):
-            nodes.append(node)
-        return CompiledPolicy(self.policy, self.users, nodes)
+        """A recompiled copy after one node's tags, user, addresses or routes changed (or it joined).
+
+        Only the rules and nodes the change can reach are recomputed; see `incremental`.
+        """
+        return with_node_changed(self, node)
 
     def packet_filter(self, node_id: int) -> list[dict[str, Any]]:
         if self.allow_all:
@@ -62,18 +63,17 @@ class CompiledPolicy:
     @cached_property
     def _edges(self) -> list[tuple[frozenset[int], frozenset[int], PreparedRule]]:
         """(sources, destinations) node sets per rule, for visibility."""
+        return [self.edges_of(rule) for rule in self.prepared]
+
+    def edges_of(self, rule: PreparedRule) -> tuple[frozenset[int], frozenset[int], PreparedRule]:
         r = self.resolver
-        out = []
-        for rule in self.prepared:
-            # A router whose subnet falls in the sources sends on that subnet's behalf.
-            srcs = r.matching_nodes(rule.src, as_source=True).union(
-                *(r.routers_into(p) for p in rule.src.prefixes))
-            if rule.via:
-                dsts = frozenset(n for n in r.nodes if rule.via_router(n, r))
-            else:
-                dsts = r.matching_nodes(rule.dst)
-            out.append((srcs, dsts, rule))
-        return out
+        # A router whose subnet falls in the sources sends on that subnet's behalf.
+        srcs = r.matching_nodes(rule.src, as_source=True).union(*(r.routers_into(p) for p in rule.src.prefixes))
+        if rule.via:
+            dsts = frozenset(n for n in r.nodes if rule.via_router(n, r))
+        else:
+            dsts = r.matching_nodes(rule.dst)
+        return srcs, dsts, rule
 
     def visible_peers(self, node_id: int) -> frozenset[int]:
         cached = self._peers.get(node_id)

@@ -143,3 +143,44 @@ def test_via_grant_steers_the_subnet_through_the_tagged_router() -> None:
     assert "10.33.0.0/16" not in compiled.peer_allowed_ips(1, 5)
     assert compiled.packet_filter(5) == []
     assert compiled.packet_filter(6)[0]["DstPorts"][0]["IP"] == "10.33.0.0/16"
+
+
+@pytest.mark.parametrize("changed", [
+    PolicyNode(3, "n3", "desk", "100.64.0.3", "fd7a:115c:a1e0::3", None, tags=("tag:server",)),
+    PolicyNode(2, "n2", "phone", "100.64.0.2", "fd7a:115c:a1e0::2", 2),
+    PolicyNode(4, "n4", "server", "100.64.0.44", "fd7a:115c:a1e0::44", None, tags=("tag:server",)),
+    PolicyNode(4, "n4", "server", "100.64.0.4", "fd7a:115c:a1e0::4", None, tags=("tag:server",),
+               advertised_routes=("10.44.0.0/16",), approved_routes=("10.44.0.0/16",)),
+    PolicyNode(7, "n7", "new", "100.64.0.7", "fd7a:115c:a1e0::7", 1),
+])
+def test_incremental_recompute_matches_a_full_compile(changed: PolicyNode) -> None:
+    body = ('"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},'
+            '{"action": "accept", "src": ["odin@example.com"], "dst": ["tag:server:22", "10.0.0.0/8:*"]},'
+            '{"action": "accept", "src": ["tag:router"], "dst": ["thor@example.org:80"]}]')
+    compiled = compile_text(body)
+    for node in NODES:
+        compiled.packet_filter(node.id), compiled.visible_peers(node.id)
+    incremental = compiled.with_node_changed(changed)
+    nodes = [changed if n.id == changed.id else n for n in NODES]
+    if changed.id not in {n.id for n in NODES}:
+        nodes.append(changed)
+    full = compile_policy(parse_policy("{" + TAGS + "," + body + "}"), USERS, nodes)
+    for node in nodes:
+        assert incremental.packet_filter(node.id) == full.packet_filter(node.id)
+        assert incremental.visible_peers(node.id) == full.visible_peers(node.id)
+        for peer in full.visible_peers(node.id):
+            assert incremental.peer_allowed_ips(node.id, peer) == full.peer_allowed_ips(node.id, peer)
+
+
+def test_incremental_recompute_keeps_answers_the_change_cannot_reach() -> None:
+    compiled = compile_text('"acls": [{"action": "accept", "src": ["thor@example.org"], "dst": ["tag:server:22"]},'
+                            '{"action": "accept", "src": ["odin@example.com"], "dst": ["tag:router:80"]}]')
+    server_filter = compiled.packet_filter(4)
+    thor_peers = compiled.visible_peers(3)
+    # The router (tag:router) advertises another subnet: no rule names a subnet, so only the
+    # router's own answers are recomputed.
+    router = PolicyNode(5, "n5", "router", "100.64.0.5", "fd7a:115c:a1e0::5", None, tags=("tag:router",),
+                        advertised_routes=("10.55.0.0/16",), approved_routes=("10.55.0.0/16",))
+    changed = compiled.with_node_changed(router)
+    assert changed.packet_filter(4) is server_filter
+    assert changed.visible_peers(3) is thor_peers
