@@ -59,7 +59,7 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     try:
         plugins = Plugins(make_plugin_manager(block=early_block_list(argv)))
     except HeadscaleError as exc:
@@ -80,6 +80,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(args, str(exc), getattr(exc, "problems", None))
     except KeyboardInterrupt:
         return 130
+
+
+GLOBAL_WITH_VALUE = ("-c", "--config", "-o", "--output")
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move global options to the front, so ``headscale nodes list -o json`` works as it does
+    with Headscale's CLI (argparse only accepts them before the subcommand)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            front += argv[i:i + 2]
+            i += 2
+            continue
+        if arg == "--force" or arg.startswith(("--config=", "--output=")) or (
+                len(arg) > 2 and arg[:2] in ("-c", "-o") and not arg.startswith("--")):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
 
 
 def early_block_list(argv: list[str]) -> list[str]:
