@@ -21,7 +21,6 @@ from headscale_core.testing.inprocess import running
 from headscale_core.testing.netns import free_loopback_port
 
 pytestmark = pytest.mark.e2e
-pytest_plugins = ["headscale_core.testing.pytest_plugin"]
 
 
 async def test_two_tailscaled_nodes_talk_only_through_our_relay(

@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # importing it at run time would defeat pytest's assertion re
     from headscale_core.testing.pytest_plugin import NodeFactory, ServerFactory
 
 pytestmark = pytest.mark.e2e
-pytest_plugins = ["headscale_core.testing.pytest_plugin"]
 
 
 async def preauth_key(server: ServerProcess) -> str:
