@@ -59,7 +59,7 @@ class PostgresChangeBus:
         self._outbox_ready.set()
 
     async def _send(self, messages: list[Mapping[str, Any]]) -> None:
-        payloads = list(_payloads(messages))
+        payloads = list(notify_payloads(messages))
         async with self.backend.transaction() as s:
             for payload in payloads:
                 await s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
@@ -172,7 +172,7 @@ class PostgresChangeBus:
                     self.synced.set()
 
 
-def _payloads(messages: list[Mapping[str, Any]]) -> list[str]:
+def notify_payloads(messages: list[Mapping[str, Any]]) -> list[str]:
     """Merge change sets of one origin into as few NOTIFY payloads as fit; a single set too big
     for one becomes a resync request."""
     out: list[str] = []

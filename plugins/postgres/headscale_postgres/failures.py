@@ -70,11 +70,14 @@ def explain(settings: PostgresSettings, exc: BaseException) -> str:
     if isinstance(cause, ConnectionRefusedError):
         return (f"cannot reach PostgreSQL at {where}: connection refused; is the server running and listening "
                 "there? (database.postgres.host/port); nothing was written")
+    reason = getattr(cause, "strerror", None) or _first_line(cause)
+    if "SSL" in reason or "certificate" in reason:
+        return (f"TLS to PostgreSQL at {where} failed with database.postgres.ssl {settings.sslmode!r}: {reason}; "
+                "set ssl to what the server offers (false for a server without TLS); nothing was written")
     if isinstance(cause, OSError | asyncio.TimeoutError):
-        reason = getattr(cause, "strerror", None) or type(cause).__name__
         return (f"cannot reach PostgreSQL at {where}: {reason}; check database.postgres.host/port and the network; "
                 "nothing was written")
-    return f"cannot use PostgreSQL database {settings.name!r} at {where}: {_first_line(cause)}"
+    return f"cannot use PostgreSQL database {settings.name!r} at {where}: {reason}"
 
 
 def _first_line(exc: BaseException) -> str:

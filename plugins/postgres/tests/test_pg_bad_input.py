@@ -86,3 +86,10 @@ def test_schema_from_a_newer_release(pg_cluster: PostgresCluster, tmp_path: Path
     assert f"schema is at revision {revision}" in line and "newer release" in line
     assert tables(pg_cluster, name) == "alembic_version"
     assert pg_cluster.psql("SELECT version_num FROM alembic_version", name) == revision
+
+
+def test_tls_asked_of_a_server_without_it(pg_cluster: PostgresCluster, tmp_path: Path) -> None:
+    name = pg_cluster.create_database().name
+    line = one_error_line(serve(tmp_path, postgres(pg_cluster, name, ssl=True), {"DB_PASSWORD": PASSWORD}))
+    assert "TLS to PostgreSQL" in line and "database.postgres.ssl 'require'" in line and "rejected SSL" in line
+    assert tables(pg_cluster, name) == ""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
-from headscale_postgres.bus import PostgresChangeBus
+from headscale_postgres.bus import MAX_PAYLOAD, PostgresChangeBus, notify_payloads
 from headscale_postgres.testing import PostgresCluster
 from pg_machines import Machine, next_message, wait_for
 
@@ -91,3 +92,14 @@ async def test_missed_notifications_are_repaired_by_resync_after_reconnect(
         own_pg_cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
         await wait_for(lambda: bus.resyncs > resyncs, 15)
         await wait_for(lambda: "erin" in {u.name for u in b.state.users()}, 5)
+
+
+def test_publications_are_merged_and_split_to_fit_notify() -> None:
+    many = [{"origin": "a", "changes": [["n", i, 1]]} for i in range(2000)]
+    payloads = notify_payloads(many)
+    assert 1 < len(payloads) < 100, "merged into a few notifications"
+    assert all(len(p.encode()) <= MAX_PAYLOAD for p in payloads)
+    merged = [c for p in payloads for c in json.loads(p)["changes"]]
+    assert merged == [["n", i, 1] for i in range(2000)], "nothing lost, order kept"
+    huge = {"origin": "a", "changes": [["p", 1, ["x" * 9000]]]}
+    assert [json.loads(p) for p in notify_payloads([huge])] == [{"origin": "a", "resync": True}]
