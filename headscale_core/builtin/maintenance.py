@@ -32,7 +32,8 @@ async def expiry_pass(ctx: ServerContext, announced: set[int]) -> None:
         elif not node.is_expired(now):
             announced.discard(node.id)
     if changes:
-        await ctx.state.emit(*changes)
+        # Every instance runs this pass on its own clock: telling the others would only repeat it.
+        await ctx.state.emit(*changes, publish=False)
     async with ctx.state.storage.transaction() as s:
         await repo.delete_registrations_before(s, now)
 

@@ -29,7 +29,8 @@ from headscale_postgres.failures import is_disconnect, root_cause
 log = logging.getLogger("headscale_postgres.bus")
 
 CHANNEL = "headscale_changes"
-# PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; a bigger batch becomes a resync.
+# PostgreSQL refuses NOTIFY payloads of 8000 bytes or more: batches are split, and a single change
+# set too big for one payload becomes a resync request.
 MAX_PAYLOAD = 7900
 PING_INTERVAL = 10.0
 
@@ -59,7 +60,7 @@ class PostgresChangeBus:
         self._outbox_ready.set()
 
     async def _send(self, messages: list[Mapping[str, Any]]) -> None:
-        payloads = list(notify_payloads(messages))
+        payloads = notify_payloads(messages)
         async with self.backend.transaction() as s:
             for payload in payloads:
                 await s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
