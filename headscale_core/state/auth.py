@@ -171,8 +171,11 @@ class Registrar:
         return node
 
     async def auto_approve(self, node: Node) -> None:
+        # Most nodes announce no routes: do not recompile the policy (O(nodes)) for them.
+        if not node.announced_routes:
+            return
         compiled = self.state.policy.compiled()
-        if compiled is None or not node.announced_routes:
+        if compiled is None:
             return
         from headscale_core.state.policystate import policy_node
 
