@@ -7,15 +7,44 @@ announcing the same prefix is its primary.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
 class PolicyError(ValueError):
-    """A policy that cannot be accepted; `message` is the text shown to the person who wrote it."""
+    """A policy that cannot be accepted.
 
-    def __init__(self, message: str) -> None:
+    `message` is Tailscale's wording for the problem (kept verbatim, so a rejection reads as
+    the service's would); `location` is where in the document it is, as a path such as
+    `acls[3].dst[1]` or `tagOwners["tag:x"]` ("" when it is the document as a whole).
+    """
+
+    def __init__(self, message: str, location: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.location = location
+
+    def describe(self) -> str:
+        """`location: message`, without repeating a location the message already starts with."""
+        if not self.location or self.message.startswith(self.location):
+            return self.message
+        return f"{self.location}: {self.message}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+@contextmanager
+def located(location: str) -> Iterator[None]:
+    """Give a `PolicyError` raised inside the block this location, unless a nested block
+    already named a more precise one."""
+    try:
+        yield
+    except PolicyError as exc:
+        if not exc.location:
+            exc.location = location
+        raise
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .model import PolicyError
+from .model import PolicyError, located
 from .ssh import is_localpart
 from .validate import AliasContext, check_alias
+
+if TYPE_CHECKING:
+    from .parse import SSHRule
 
 MAX_CHECK_PERIOD = 168 * 3600.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -49,36 +52,43 @@ def format_go_duration(seconds: float) -> str:
     return f"{sign}{secs_text}"
 
 
-def parse_ssh_rules(entries: Sequence[dict[str, Any]], ctx: AliasContext) -> list:
-    from .parse import SSHRule
+def parse_ssh_rules(entries: Sequence[dict[str, Any]], ctx: AliasContext) -> list[SSHRule]:
+    from .parse import SSHRule, strings
 
     rules = []
     for index, entry in enumerate(entries):
+        where = f"ssh[{index}]"
         action = str(entry.get("action") or "").strip()
         if not action:
-            raise PolicyError("action must be specified")
+            raise PolicyError("action must be specified", location=f"{where}.action")
         if action not in ("accept", "check"):
-            raise PolicyError(f'"{action}" is not a valid action')
+            raise PolicyError(f'"{action}" is not a valid action', location=f"{where}.action")
         # Tailscale ignores blanks around names: " root" is root, " accept" is accept.
-        users = [str(u).strip() for u in entry.get("users") or []]
+        users = [u.strip() for u in strings(entry, "users", where)]
         if not users:
-            raise PolicyError("users must be specified")
-        for user in users:
-            check_ssh_user(user, ctx)
-        srcs = tuple(str(s).strip() for s in entry.get("src") or [])
-        dsts = tuple(entry.get("dst") or [])
-        for src in srcs:
-            check_alias(src, "src", ctx)
-            if src.removeprefix("user:").startswith("*@"):
-                check_domain(src.removeprefix("user:")[2:], ctx, prefix="[ssh] ")
-        for dst in dsts:
-            if dst in ctx.hosts:
-                raise PolicyError(f'invalid dst "{dst}"')
-            check_alias(dst, "dst", ctx)
-        accept_env = entry.get("acceptEnv") or []
-        if any(not e for e in accept_env):
-            raise PolicyError("acceptEnv values cannot be empty")
-        rules.append(SSHRule(index, action, srcs, dsts, tuple(users), _check_period(entry), tuple(accept_env)))
+            raise PolicyError("users must be specified", location=f"{where}.users")
+        for j, user in enumerate(users):
+            with located(f"{where}.users[{j}]"):
+                check_ssh_user(user, ctx)
+        srcs = tuple(s.strip() for s in strings(entry, "src", where))
+        dsts = tuple(strings(entry, "dst", where))
+        for j, src in enumerate(srcs):
+            with located(f"{where}.src[{j}]"):
+                check_alias(src, "src", ctx)
+                if src.removeprefix("user:").startswith("*@"):
+                    check_domain(src.removeprefix("user:")[2:], ctx, prefix="[ssh] ")
+        for j, dst in enumerate(dsts):
+            with located(f"{where}.dst[{j}]"):
+                if dst in ctx.hosts:
+                    raise PolicyError(f'invalid dst "{dst}"')
+                check_alias(dst, "dst", ctx)
+        accept_env = strings(entry, "acceptEnv", where)
+        for j, env in enumerate(accept_env):
+            if not env:
+                raise PolicyError("acceptEnv values cannot be empty", location=f"{where}.acceptEnv[{j}]")
+        with located(f"{where}.checkPeriod"):
+            period = _check_period(entry)
+        rules.append(SSHRule(index, action, srcs, dsts, tuple(users), period, tuple(accept_env)))
     return rules
 
 
@@ -103,7 +113,11 @@ def _check_period(entry: dict[str, Any]) -> float | None:
         return None
     if text == "always":
         return 0.0
-    seconds = parse_go_duration(str(text))
+    try:
+        seconds = parse_go_duration(str(text))
+    except ValueError:
+        # Go's time.ParseDuration wording, which the service passes on.
+        raise PolicyError(f'time: invalid duration "{text}"') from None
     if seconds < 0:
         raise PolicyError(f"checkPeriod {format_go_duration(seconds)} must be a positive duration")
     if seconds > MAX_CHECK_PERIOD:
@@ -112,16 +126,19 @@ def _check_period(entry: dict[str, Any]) -> float | None:
 
 
 def parse_ssh_tests(tests: Sequence[dict[str, Any]], ctx: AliasContext) -> None:
-    for test in tests:
-        for dst in test.get("dst") or []:
+    from .parse import strings
+
+    for index, test in enumerate(tests):
+        where = f"sshTests[{index}]"
+        for j, dst in enumerate(strings(test, "dst", where)):
             if dst.startswith("tag:") and dst not in ctx.tag_owners:
-                raise PolicyError(f'SSH tests dst contains unknown tag "{dst}"')
+                raise PolicyError(f'SSH tests dst contains unknown tag "{dst}"', location=f"{where}.dst[{j}]")
             if dst.startswith("autogroup:internet") or (_is_ip(dst) and "/" in dst):
-                raise PolicyError(f'SSH tests dst contains disallowed element "{dst}"')
+                raise PolicyError(f'SSH tests dst contains disallowed element "{dst}"', location=f"{where}.dst[{j}]")
         for key in ("accept", "deny", "check"):
-            for user in test.get(key) or []:
+            for j, user in enumerate(strings(test, key, where)):
                 if user == "*":
-                    raise PolicyError(f'user "{user}" is not valid')
+                    raise PolicyError(f'user "{user}" is not valid', location=f"{where}.{key}[{j}]")
 
 
 def _is_ip(text: str) -> bool:

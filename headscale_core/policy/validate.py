@@ -45,7 +45,8 @@ def check_groups(groups: Mapping[str, Sequence[str]]) -> None:
               if isinstance(member, str) and member.startswith("group:")]
     if nested:
         name, member = nested[-1]
-        raise PolicyError(f'groups["{name}"]: "{member}": group members cannot be recursive')
+        raise PolicyError(f'groups["{name}"]: "{member}": group members cannot be recursive',
+                          location=f'groups["{name}"]')
 
 
 def check_alias(alias: str, field: str, ctx: AliasContext) -> None:
@@ -81,15 +82,35 @@ GRANTABLE_TAILSCALE_CAPS = frozenset({
 })
 
 
-def check_app(app: Mapping[str, Any], dsts: Sequence[str]) -> None:
+def check_app(app: Mapping[str, Any], dsts: Sequence[str], where: str) -> None:
+    """A grant's `app` capabilities; `where` is its location (`grants[0].app`)."""
     if "autogroup:internet" in dsts:
-        raise PolicyError("cannot use app grants with autogroup:internet")
+        raise PolicyError("cannot use app grants with autogroup:internet", location=where)
     for name in app:
         domain, slash, path = name.partition("/")
         if "://" in name or not slash or not domain or not path:
-            raise PolicyError("capability name must have the form {domain}/{path}")
+            raise PolicyError("capability name must have the form {domain}/{path}", location=f'{where}["{name}"]')
         if domain == "tailscale.com" and name not in GRANTABLE_TAILSCALE_CAPS:
-            raise PolicyError("capability name must not be in the tailscale.com domain")
+            raise PolicyError("capability name must not be in the tailscale.com domain",
+                              location=f'{where}["{name}"]')
+
+
+def check_host(value: Any) -> None:
+    """A `hosts` entry names one address or prefix."""
+    if not isinstance(value, str):
+        raise PolicyError(f"must be an IP address or prefix as a string, not {value!r}")
+    try:
+        parse_network(value)
+    except ValueError:
+        raise PolicyError(f'"{value}" is not an IP address or prefix') from None
+
+
+def check_route_prefix(prefix: str) -> None:
+    """An `autoApprovers.routes` key is the prefix (or the prefixes inside it) to approve."""
+    try:
+        parse_network(prefix)
+    except ValueError:
+        raise PolicyError(f'"{prefix}" is not an IP prefix') from None
 
 
 # Addresses Tailscale keeps for itself inside CGNAT: MagicDNS/TSMP and the Quad100 service range.
