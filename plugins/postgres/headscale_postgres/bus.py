@@ -72,6 +72,9 @@ class PostgresChangeBus:
             batch, self._outbox = self._outbox, []
             try:
                 await self._send(batch)
+            except asyncio.CancelledError:  # shutdown: running() sends it (again, harmlessly) on the way out
+                self._outbox[:0] = batch
+                raise
             except Exception:
                 log.exception("change bus: could not notify other instances of %d change set(s); they "
                               "resynchronise when their own connection to %s is re-established", len(batch),
@@ -96,15 +99,23 @@ class PostgresChangeBus:
             yield
         finally:
             self._publisher_running = False
-            if self._outbox:  # what was committed before shutdown still goes out
-                batch, self._outbox = self._outbox, []
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._send(batch), 5)
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self._flush_outbox()
+
+    async def _flush_outbox(self) -> None:
+        """At shutdown, what was committed still goes out, or the loss is logged."""
+        batch, self._outbox = self._outbox, []
+        if not batch:
+            return
+        try:
+            await asyncio.wait_for(self._send(batch), 5)
+        except Exception as exc:
+            log.error("change bus: %d change set(s) not announced at shutdown (%s); other instances pick them "
+                      "up at their next resync", len(batch), root_cause(exc))
 
     async def _listen_forever(self) -> None:
         delay = 0.1
@@ -112,10 +123,11 @@ class PostgresChangeBus:
             try:
                 conn = await asyncpg.connect(**self.backend.settings.asyncpg_kwargs())
             except Exception as exc:
-                if not is_disconnect(exc):
-                    log.error("cannot LISTEN on %s: %s", self.backend.describe(), self.backend.explain(exc))
-                log.warning("change bus: %s unreachable (%s); retrying in %.1f s", self.backend.describe(),
-                            root_cause(exc), delay)
+                if is_disconnect(exc):
+                    log.warning("change bus: %s unreachable (%s); retrying in %.1f s", self.backend.describe(),
+                                root_cause(exc), delay)
+                else:
+                    log.error("change bus: cannot LISTEN (%s); retrying in %.1f s", self.backend.explain(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
