@@ -85,9 +85,11 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
-def versions(kinds: list[str]) -> dict[str, str]:
+def versions(kinds: list[str], args_revision: str = "") -> dict[str, str]:
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     out = {"headscale-core": f"{sha.stdout.strip()}"}
+    if args_revision:
+        out["headscale-core-revision-measured"] = args_revision
     for name in ("aiohttp", "h2", "cryptography", "zstandard", "orjson", "uvloop"):
         try:
             out[name] = metadata.version(name)
@@ -133,6 +135,13 @@ def targets(scenarios: dict[str, dict[str, dict[str, Any]]], nodes: int) -> list
     return rows
 
 
+def _resolve(revision: str) -> str:
+    if not revision:
+        return "working tree"
+    found = subprocess.run(["git", "rev-parse", "--short", revision], capture_output=True, text=True, cwd=REPO)
+    return found.stdout.strip() or revision
+
+
 def build(runs: list[dict[str, Any]], *, args: dict[str, Any], kinds: list[str], started: float) -> dict[str, Any]:
     scenarios = aggregate(runs)
     return {
@@ -142,9 +151,9 @@ def build(runs: list[dict[str, Any]], *, args: dict[str, Any], kinds: list[str],
         "sparse_nodes": args["sparse_nodes"],
         "repetitions": args["reps"],
         "pinned": {"server_cpu": 0, "loadgen_cpu": 1} if args["pin"] else None,
-        "args": args,
+        "args": {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in args.items()},
         "machine": machine(),
-        "versions": versions(kinds),
+        "versions": versions(kinds, _resolve(args.get("ours_revision") or "")),
         "servers": {"ours": "headscale-core, batch_change_delay 10 ms",
                     "headscale": "Headscale defaults (batch_change_delay 800 ms, node_store_batch_timeout 500 ms)",
                     "headscale_tuned": "Headscale tuned timers (batch_change_delay 10 ms, "

@@ -22,7 +22,7 @@ from typing import Any
 from benchmarks import report, scenarios
 from benchmarks.loadgen import Fleet
 from benchmarks.scenarios import Bench
-from benchmarks.servers import BenchServer, HeadscaleServer, OursServer, install_headscale
+from benchmarks.servers import BenchServer, HeadscaleServer, OursServer, install_headscale, snapshot_ours
 from benchmarks.tailnets import (
     Tailnet,
     dense_tailnet,
@@ -39,9 +39,9 @@ PHASES = ("registration_storm", "reconnect_storm", "steady_idle", "endpoint_chan
 SERVER_CPU, LOADGEN_CPU = 0, 1
 
 
-def make_server(kind: str, workdir: Path, policy: str, cpu: int | None) -> BenchServer:
+def make_server(kind: str, workdir: Path, policy: str, cpu: int | None, source: Path | None) -> BenchServer:
     if kind == "ours":
-        return OursServer(workdir, policy, cpu)
+        return OursServer(workdir, policy, cpu, source=source)
     return HeadscaleServer(workdir, policy, cpu, tuned=kind == "headscale_tuned")
 
 
@@ -52,7 +52,7 @@ async def one_round(kind: str, tailnet: Tailnet, nodes: int, phases: list[str], 
                     workdir: Path, label: str) -> dict[str, dict[str, Any]]:
     """A fresh server and fleet; the figures of each phase by scenario name."""
     cpu = SERVER_CPU if args.pin else None
-    server = make_server(kind, workdir, tailnet.policy, cpu)
+    server = make_server(kind, workdir, tailnet.policy, cpu, args.ours_source)
     results: dict[str, dict[str, Any]] = {}
     visibility = dense_visibility if tailnet.name == "dense" else sparse_visibility
     try:
@@ -97,7 +97,9 @@ async def one_round(kind: str, tailnet: Tailnet, nodes: int, phases: list[str], 
 
 
 def _brief(figures: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in figures.items() if k != "problem_examples")[:400]
+    text = ", ".join(f"{k}={v}" for k, v in figures.items() if k != "problem_examples")[:400]
+    examples = figures.get("problem_examples")
+    return text + (f"\n    first problem: {examples[0]}" if examples else "")
 
 
 def pin_loadgen(pin: bool) -> None:
@@ -126,6 +128,8 @@ async def run(args: argparse.Namespace) -> Path:
                       [p for p in phases if p in ("reconnect_storm", "steady_idle", "endpoint_change")],
                       f"sparse_{args.sparse_nodes}"))
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
+        args.ours_source = (snapshot_ours(args.ours_revision, Path(tmp) / "ours-src")
+                            if args.ours_revision else None)
         for tailnet, nodes, plan_phases, label in plans:
             for rep in range(args.reps if tailnet.name == "dense" else 1):
                 for kind in kinds:
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-seconds", type=float, default=60.0, help="length of steady_idle")
     p.add_argument("--timeout", type=float, default=180.0, help="limit of each waiting step, in seconds")
     p.add_argument("--budget-minutes", type=float, default=60.0, help="start no round after this")
+    p.add_argument("--ours-revision", default="HEAD",
+                   help="commit of our server to measure (exported with git archive); '' = the working tree")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and load generator")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results directory")
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,

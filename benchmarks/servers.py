@@ -37,6 +37,16 @@ class BenchServerError(RuntimeError):
     """A server did not start, or an admin command failed; carries the log tail."""
 
 
+def snapshot_ours(revision: str, into: Path) -> Path:
+    """Export ``headscale_core`` at ``revision`` (a commit) into ``into``: the server under test is
+    the committed code, whatever is being edited in the working tree meanwhile."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", revision, "headscale_core"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def headscale_path() -> Path:
     return REPO / ".tools" / "bin" / "headscale"
 
@@ -133,6 +143,9 @@ class BenchServer:
     def version(self) -> str:
         raise NotImplementedError
 
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
     def argv(self) -> list[str]:
         raise NotImplementedError
 
@@ -169,7 +182,7 @@ class BenchServer:
                 os.sched_setaffinity(0, {cpu})
 
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
                                          stdin=subprocess.DEVNULL, preexec_fn=pin, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while not self._healthy():
@@ -214,9 +227,11 @@ class BenchServer:
 class OursServer(BenchServer):
     label = "ours"
 
-    def __init__(self, workdir: Path, policy: str | None, cpu: int | None, batch_delay: str = "10ms") -> None:
+    def __init__(self, workdir: Path, policy: str | None, cpu: int | None, batch_delay: str = "10ms",
+                 source: Path | None = None) -> None:
         super().__init__(workdir, policy, cpu)
         self.batch_delay = batch_delay
+        self.source = source
 
     def version(self) -> str:
         from headscale_core import __version__
@@ -248,25 +263,22 @@ class OursServer(BenchServer):
         self.start()
         return keys
 
-    async def create_users_and_keys(self, users: list[str], tags: list[str]) -> dict[str, str]:
-        from headscale_core.config import load_config
-        from headscale_core.plugins import Plugins, make_plugin_manager
-        from headscale_core.server.app import close_core, open_core, plugin_sections
+    def env(self) -> dict[str, str]:
+        """Import the server from the snapshot under test when there is one."""
+        if self.source is None:
+            return dict(os.environ)
+        return {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.source), str(REPO)])}
 
+    async def create_users_and_keys(self, users: list[str], tags: list[str]) -> dict[str, str]:
         assert self.proc is None, "ours is seeded while stopped"
         self.write_config()
-        plugins = Plugins(make_plugin_manager())
-        config = load_config(str(self.workdir / "config.yaml"), env={}, plugin_sections=plugin_sections(plugins))
-        ctx = await open_core(config)
-        keys: dict[str, str] = {}
-        try:
-            for name in users:
-                user = await ctx.state.create_user(name)
-                keys[name] = (await ctx.state.create_preauth_key(user, reusable=True))[1]
-            for tag in tags:
-                keys[tag] = (await ctx.state.create_preauth_key(None, reusable=True, tags=[tag]))[1]
-        finally:
-            await close_core(ctx)
+        argv = [sys.executable, "-m", "benchmarks.seed_ours", str(self.workdir / "config.yaml"),
+                json.dumps({"users": users, "tags": tags})]
+        result = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=self.env(),
+                                         cwd=REPO, timeout=120)
+        if result.returncode != 0:
+            raise BenchServerError(f"seeding our server failed:\n{result.stderr[-2000:]}")
+        keys: dict[str, str] = json.loads(result.stdout)
         return keys
 
 

@@ -66,14 +66,16 @@ class Fleet:
     @staticmethod
     async def gather(nodes: Iterable[SimNode], action: Callable[[SimNode], Awaitable[None]], *,
                      concurrency: int = DEFAULT_CONCURRENCY, timeout: float = 120.0) -> list[str]:
-        """Run ``action`` on every node, at most ``concurrency`` at once; the errors, by node."""
+        """Run ``action`` on every node, at most ``concurrency`` at once, all within ``timeout``
+        seconds; the errors, by node."""
         gate = asyncio.Semaphore(concurrency)
         errors: list[str] = []
+        deadline = asyncio.get_running_loop().time() + timeout  # for the whole batch, not per node
 
         async def one(node: SimNode) -> None:
             async with gate:
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout_at(deadline):
                         await action(node)
                 except Exception as exc:
                     node.error = f"{type(exc).__name__}: {exc}"
@@ -125,7 +127,10 @@ class Fleet:
             while self._ready:
                 node = self._ready.popleft()
                 arrived, frame = node.pending.popleft()
-                self._apply(node, arrived, frame)
+                try:
+                    self._apply(node, arrived, frame)
+                except Exception as exc:  # a bad message spoils one node's table, not the applier
+                    node.error = f"could not apply a {len(frame)}-byte map message: {type(exc).__name__}: {exc}"
                 if node.pending:
                     self._ready.append(node)
                 else:
@@ -178,14 +183,20 @@ class Fleet:
     def by_id(self) -> dict[int, SimNode]:
         return {n.node_id: n for n in self.nodes if n.node_id is not None}
 
-    def verify(self, expected_peers: Mapping[int, set[int]], *, check_online: bool = False) -> list[str]:
-        """Every node's table holds exactly its expected peers, each with the key, endpoints and
-        disco key that peer last reported; returns the problems found (empty when all agree)."""
+    def verify(self, expected_peers: Mapping[int, set[int]], nodes: Iterable[SimNode] | None = None, *,
+               check_online: bool = False) -> list[str]:
+        """Every node's table (of ``nodes``, default all) holds exactly its expected peers, each
+        with the key, endpoints and disco key that peer last reported; returns the problems
+        found (empty when all agree)."""
         problems: list[str] = []
         by_id = self.by_id()
-        for node in self.nodes:
+        if nodes is None:
+            problems += [f"{n.name}: no map applied yet ({n.messages} messages received, {len(n.pending)} pending, "
+                         f"error: {n.error})" for n in self.nodes if n.node_id is None]
+            if len(by_id) < len(self.nodes) - len(problems):
+                problems.append("two simulated nodes received the same node ID")
+        for node in self.nodes if nodes is None else nodes:
             if node.node_id is None:
-                problems.append(f"{node.name}: never received its map ({node.error})")
                 continue
             want = expected_peers.get(node.node_id, set())
             have = set(node.table.peers)
