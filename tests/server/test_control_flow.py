@@ -11,32 +11,9 @@ import pytest
 
 from headscale_core.protocol.keys import PrivateKey
 from headscale_core.testing.inprocess import running
+from headscale_core.testing.simnode import SimNode as Machine
+from headscale_core.testing.simnode import next_message
 from headscale_core.testing.tsclient import ControlError, TSClient
-
-
-class Machine:
-    def __init__(self, url: str, name: str) -> None:
-        self.url, self.name = url, name
-        self.machine = PrivateKey.generate()
-        self.node = PrivateKey.generate()
-        self.disco = PrivateKey.generate()
-        self.client: TSClient | None = None
-
-    async def connect(self) -> TSClient:
-        self.client = await TSClient.connect(self.url, machine_private=self.machine)
-        return self.client
-
-    def map_request(self, **extra: Any) -> dict[str, Any]:
-        return {"Version": 130, "NodeKey": str(self.node.node_public()), "DiscoKey": str(self.disco.disco_public()),
-                "Stream": True, "Compress": "zstd", "KeepAlive": True,
-                "Hostinfo": {"Hostname": self.name, "OS": "linux"}, **extra}
-
-
-async def next_message(stream: Any, timeout: float = 5.0) -> dict[str, Any]:
-    while True:
-        msg = await asyncio.wait_for(stream.__anext__(), timeout)
-        if not msg.get("KeepAlive"):
-            return msg
 
 
 async def setup_user_key(state: Any, **kw: Any) -> str:

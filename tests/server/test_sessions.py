@@ -12,37 +12,9 @@ from headscale_core.protocol.keys import PrivateKey
 from headscale_core.server.app import refresh_derp_map
 from headscale_core.state.changes import DERPMapChanged
 from headscale_core.testing.inprocess import running
+from headscale_core.testing.simnode import SimNode as Sim
+from headscale_core.testing.simnode import drain
 from headscale_core.testing.tsclient import TSClient
-
-
-class Sim:
-    """A simulated machine: keys, a client, and a map request."""
-
-    def __init__(self, url: str, name: str) -> None:
-        self.url, self.name = url, name
-        self.machine, self.node, self.disco = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
-        self.client: TSClient | None = None
-
-    async def join(self, key: str) -> TSClient:
-        self.client = await TSClient.connect(self.url, machine_private=self.machine)
-        await self.client.register(self.node.node_public(), auth_key=key, hostinfo={"Hostname": self.name})
-        return self.client
-
-    def request(self, **extra: Any) -> dict[str, Any]:
-        return {"Version": 130, "NodeKey": str(self.node.node_public()), "DiscoKey": str(self.disco.disco_public()),
-                "Stream": True, "Compress": "zstd", "KeepAlive": True, **extra}
-
-
-async def drain(stream: Any, quiet: float = 0.3) -> list[dict[str, Any]]:
-    """Messages until the stream has been quiet for ``quiet`` seconds (keep-alives skipped)."""
-    out = []
-    while True:
-        try:
-            msg = await asyncio.wait_for(stream.__anext__(), quiet)
-        except TimeoutError:
-            return out
-        if not msg.get("KeepAlive"):
-            out.append(msg)
 
 
 async def user_key(state: Any, **kw: Any) -> str:
@@ -55,7 +27,7 @@ async def test_registration_burst_is_coalesced_not_full_maps(tmp_path: Path) -> 
         key = await user_key(srv.state)
         watcher = Sim(srv.url, "watcher")
         await watcher.join(key)
-        stream = watcher.client.map_stream(watcher.request())
+        stream = watcher.client.map_stream(watcher.map_request())
         first = await stream.__anext__()
         assert "Peers" not in first
         sims = [Sim(srv.url, f"n{i}") for i in range(40)]
@@ -77,14 +49,14 @@ async def test_newer_stream_replaces_the_old_one_and_online_state_follows(tmp_pa
         a, b = Sim(srv.url, "a"), Sim(srv.url, "b")
         await a.join(key)
         await b.join(key)
-        stream_a = a.client.map_stream(a.request())
+        stream_a = a.client.map_stream(a.map_request())
         await stream_a.__anext__()
-        old = b.client.map_stream(b.request())
+        old = b.client.map_stream(b.map_request())
         await old.__anext__()
         b_id = srv.state.store.by_node_key(str(b.node.node_public())).id
         assert srv.state.is_online(b_id)
         second = await TSClient.connect(srv.url, machine_private=b.machine)
-        new = second.map_stream(b.request())
+        new = second.map_stream(b.map_request())
         full = await new.__anext__()
         assert full["Node"]["ID"] == b_id
         # the old stream ends; the node stays online because the new one holds it
@@ -144,7 +116,7 @@ async def test_default_node_expiry_and_hostinfo_changes(tmp_path: Path) -> None:
         node = srv.state.store.by_node_key(str(b.node.node_public()))
         assert node.expiry is not None
         assert timedelta(minutes=59) < node.expiry - datetime.now(UTC) <= timedelta(hours=1)
-        stream_a = a.client.map_stream(a.request())
+        stream_a = a.client.map_stream(a.map_request())
         await stream_a.__anext__()
         await drain(stream_a)
         await b.client.lite_update(b.node.node_public(), hostinfo={"Hostname": "b", "OS": "linux",
@@ -169,7 +141,7 @@ async def test_derp_map_refresh_reaches_streams(tmp_path: Path) -> None:
         key = await user_key(srv.state)
         a = Sim(srv.url, "a")
         await a.join(key)
-        stream = a.client.map_stream(a.request())
+        stream = a.client.map_stream(a.map_request())
         first = await stream.__anext__()
         assert list(first["DERPMap"]["Regions"]) == ["900"]
         path.write_text('{"Regions": {"902": {"RegionID": 902, "RegionCode": "b", "Nodes": []}}}')
@@ -185,7 +157,7 @@ async def test_stopping_the_server_ends_client_connections(tmp_path: Path) -> No
         key = await user_key(srv.state)
         a = Sim(srv.url, "a")
         await a.join(key)
-        stream = a.client.map_stream(a.request())
+        stream = a.client.map_stream(a.map_request())
         await stream.__anext__()
     # the server is gone: the stream must end (a client then reconnects), not hang
     ended = False

@@ -7,10 +7,11 @@ import subprocess
 from pathlib import Path
 
 from headscale_postgres.testing import PostgresCluster
-from pg_machines import Machine, next_message
 
 from headscale_core.testing.inprocess import running
 from headscale_core.testing.serverproc import headscale_binary
+from headscale_core.testing.simnode import SimNode as Machine
+from headscale_core.testing.simnode import next_message
 
 
 async def test_backup_restore_into_a_fresh_database_and_serve(pg_cluster: PostgresCluster, tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from headscale_postgres.bus import MAX_PAYLOAD, PostgresChangeBus, notify_payloads
 from headscale_postgres.testing import PostgresCluster
-from pg_machines import Machine, next_message, wait_for
 
 from headscale_core.testing.inprocess import running
+from headscale_core.testing.simnode import SimNode as Machine
+from headscale_core.testing.simnode import next_message, wait_for
 
 
 async def test_node_registered_on_a_appears_in_b_store_and_b_map_stream(

@@ -10,7 +10,6 @@ from typing import Any
 from headscale_postgres.backend import PostgresBackend
 from headscale_postgres.settings import PostgresSettings
 from headscale_postgres.testing import PostgresCluster
-from pg_machines import Machine, next_message
 from sqlalchemy import select
 
 from headscale_core.builtin.sqlite_storage import SqliteBackend
@@ -18,6 +17,8 @@ from headscale_core.storage.backend import StorageBackend
 from headscale_core.storage.models import Base
 from headscale_core.testing.inprocess import running
 from headscale_core.testing.serverproc import headscale_binary
+from headscale_core.testing.simnode import SimNode as Machine
+from headscale_core.testing.simnode import next_message
 
 POLICY = '{"acls": [{"action": "accept", "src": ["alice@"], "dst": ["*:*"]}]}'
 

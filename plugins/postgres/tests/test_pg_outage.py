@@ -11,10 +11,10 @@ import pytest
 from headscale_postgres.backend import PostgresBackend
 from headscale_postgres.failures import is_disconnect
 from headscale_postgres.testing import PostgresCluster
-from pg_machines import wait_for
 from sqlalchemy import text
 
 from headscale_core.testing.inprocess import running
+from headscale_core.testing.simnode import wait_for
 
 
 async def test_writes_wait_out_a_restart_and_instances_resync(
