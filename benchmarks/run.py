@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -80,8 +81,10 @@ async def one_round(kind: str, tailnet: Tailnet, nodes: int, phases: list[str], 
                 name = f"{phase}_{label}"
                 started = time.perf_counter()
                 print(f"[{time.strftime('%H:%M:%S')}] {kind:16} {name} ...", file=sys.stderr, flush=True)
+                restarts = sum(n.restarts for n in bench.fleet.nodes)
                 try:
                     results[name] = await table[phase](bench)
+                    results[name]["stream_restarts"] = sum(n.restarts for n in bench.fleet.nodes) - restarts
                 except Exception as exc:
                     traceback.print_exc()
                     results[name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -171,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,
                    help="run the load generator on uvloop")
     args = parser.parse_args(argv)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through every round's `finally`: servers are stopped
+
+    signal.signal(signal.SIGTERM, interrupted)
     loop_factory = None
     if args.uvloop:
         import uvloop

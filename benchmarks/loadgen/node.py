@@ -21,6 +21,10 @@ from headscale_core.protocol.keys import PrivateKey
 from headscale_core.protocol.mapstream import MapStreamDecoder
 from headscale_core.testing.tsclient import CURRENT_CAPVER, ControlError, TSClient
 
+# tailscaled restarts a map poll that has been silent this long (control/controlclient/direct.go).
+WATCHDOG_SECONDS = 120.0
+REDIAL_BACKOFF_SECONDS = 1.0
+
 
 class CountingClient(TSClient):
     """A TSClient that counts the Noise ciphertext bytes it receives (the wire cost per node)."""
@@ -116,6 +120,9 @@ class SimNode:
     bytes_closed: int = 0  # bytes of connections already closed
     poll: asyncio.Task[None] | None = None
     error: str | None = None
+    restarts: int = 0  # map streams that ended or went silent and were redialled
+    url: str = ""
+    server_public: Any = None
 
     @classmethod
     def generate(cls, index: int, rng: random.Random, prefix: str = "sim") -> SimNode:
@@ -153,6 +160,7 @@ class SimNode:
                                               server_public=server_public)
         assert isinstance(client, CountingClient)
         self.client = client
+        self.url, self.server_public = url, server_public
 
     async def register(self) -> None:
         assert self.client is not None
@@ -161,19 +169,44 @@ class SimNode:
             raise ControlError("POST /machine/register (not authorized)", 200, repr(answer).encode())
 
     def start_poll(self, on_frame: Callable[[SimNode, float, bytes], None]) -> None:
+        """Poll the map in a task that, like tailscaled, redials after the stream ends or stays
+        silent for ``WATCHDOG_SECONDS`` (counted in ``restarts``)."""
         assert self.client is not None
-        client = self.client
+        loop = asyncio.get_running_loop()
 
         async def run() -> None:
-            try:
-                await client.raw_map_poll(self.map_request(), lambda at, frame: on_frame(self, at, frame))
-                self.error = self.error or "server ended the map stream"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.error = f"{type(exc).__name__}: {exc}"
+            while True:
+                assert self.client is not None
+                try:
+                    async with asyncio.timeout(WATCHDOG_SECONDS) as watchdog:
+                        def got(at: float, frame: bytes) -> None:
+                            watchdog.reschedule(loop.time() + WATCHDOG_SECONDS)
+                            on_frame(self, at, frame)
 
-        self.poll = asyncio.get_running_loop().create_task(run())
+                        await self.client.raw_map_poll(self.map_request(), got)
+                    self.error = "server ended the map stream"
+                except TimeoutError:
+                    self.error = f"no map message for {WATCHDOG_SECONDS} s"
+                except Exception as exc:
+                    self.error = f"{type(exc).__name__}: {exc}"
+                self.restarts += 1
+                await asyncio.sleep(REDIAL_BACKOFF_SECONDS * random.uniform(1, 2))
+                old, self.client = self.client, None
+                if old is not None:
+                    self.bytes_closed += old.bytes_received
+                    await old.close()
+                while self.client is None:
+                    try:
+                        client = await CountingClient.connect(self.url, machine_private=self.machine_private,
+                                                              server_public=self.server_public)
+                    except Exception as exc:
+                        self.error = f"redial failed: {type(exc).__name__}: {exc}"
+                        await asyncio.sleep(REDIAL_BACKOFF_SECONDS)
+                        continue
+                    assert isinstance(client, CountingClient)
+                    self.client = client
+
+        self.poll = loop.create_task(run())
 
     async def lite_update(self) -> None:
         assert self.client is not None
