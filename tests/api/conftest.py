@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import tempfile
@@ -92,6 +93,17 @@ def write_config(data_dir: Path, socket: Path, **overrides: Any) -> Config:
     return load_config(str(path), env={}, plugin_sections=plugin_sections(builtin_plugins()))
 
 
+async def _settle(ctx: Any) -> None:
+    """Let in-flight database work (the audit writer's last batch) finish before shutdown:
+    a transaction cancelled at shutdown leaves an aiosqlite connection checked out, and its
+    garbage collection later hangs the event loop of whichever test is running then."""
+    pool = ctx.state.storage.engine.pool
+    for _ in range(200):
+        if pool.checkedout() == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 @asynccontextmanager
 async def serving(config: Config) -> AsyncIterator[RunningServer]:
     ctx = await open_core(config, plugins=builtin_plugins())
@@ -99,6 +111,7 @@ async def serving(config: Config) -> AsyncIterator[RunningServer]:
         async with running_server(ctx) as addresses:
             host, port = addresses["listen"][:2]
             yield RunningServer(ctx=ctx, url=f"http://{host}:{port}", addresses=addresses)
+            await _settle(ctx)
     finally:
         await close_core(ctx)
 
