@@ -83,8 +83,12 @@ class StateService:
         await self.policy.load()
 
     async def close(self) -> None:
-        for task in self._gc_tasks.values():
+        """Write what is pending and stop background work; storage must not be used after."""
+        tasks = [*self._gc_tasks.values(), *([self._flush_task] if self._flush_task else [])]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._gc_tasks.clear()
         await self.flush()
 
     def on_change(self, listener: ChangeListener) -> None:
@@ -382,10 +386,14 @@ class StateService:
                 for node in dirty.values():
                     if node.id in self.store.nodes:
                         await repo.update_node(s, self.store.nodes[node.id], utcnow())
-        except Exception:
-            log.exception("could not write %d node update(s) to %s; will retry", len(dirty), self.storage.describe())
+        except BaseException as exc:
+            # Keep the rows for the next flush whatever interrupted this one (an error, or
+            # shutdown cancelling the write-behind task): nothing is silently dropped.
             for node_id, node in dirty.items():
                 self._dirty.setdefault(node_id, node)
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("could not write %d node update(s) to %s; will retry", len(dirty), self.storage.describe())
             return
         unpublished, self._unpublished = self._unpublished, []
         await self._publish(unpublished)

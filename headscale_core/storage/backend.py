@@ -61,6 +61,9 @@ class StorageBackend:
             raise StorageError(self.explain(exc)) from exc
 
     async def close(self) -> None:
+        # Forget the session factory too: a late user must get "not open", not a silent new
+        # connection on a disposed engine that nobody will ever close.
+        self._sessions = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
