@@ -61,7 +61,7 @@ class PolicyState:
                 self._policy = parse_policy(text)
             except PolicyError as exc:
                 raise InvalidRequest(f"the policy from policy.mode {self.state.config.policy.mode!r} is "
-                                     f"invalid: {exc.message}") from exc
+                                     f"invalid: {exc.describe()}") from exc
             self.text = text
         self._stale = True
 
@@ -74,7 +74,7 @@ class PolicyState:
         try:
             return parse_policy(text)
         except PolicyError as exc:
-            raise InvalidRequest(exc.message) from exc
+            raise InvalidRequest(exc.describe()) from exc
 
     def apply(self, text: str | None) -> None:
         """Switch to a validated policy (None: allow all)."""
