@@ -54,6 +54,7 @@ def build_parser(plugins: Plugins) -> argparse.ArgumentParser:
         pass
     else:
         admin.register(sub)
+    importlib.import_module("headscale_core.cli.admin_policy_explain").register(sub)
     plugins.hook.headscale_cli_commands(subparsers=sub, plugin_manager=plugins.pm)
     return parser
 
