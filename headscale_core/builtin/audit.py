@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from headscale_core.events import Event
 from headscale_core.hookspecs import hookimpl
@@ -21,11 +22,14 @@ from headscale_core.storage import repository as repo
 log = logging.getLogger(__name__)
 
 
+STOP: Any = object()
+
+
 class AuditRecorder:
     """Registered as a plugin for the life of the server; queues what the hook receives."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(10000)
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(10000)
 
     @hookimpl
     def headscale_event(self, event: Event) -> None:
@@ -58,10 +62,15 @@ async def _recorder(ctx: ServerContext) -> AsyncIterator[None]:
     ctx.plugins.pm.register(recorder, name="headscale-audit-recorder")
 
     async def drain() -> None:
-        while True:
+        stopping = False
+        while not stopping:
             events = [await recorder.queue.get()]
             while not recorder.queue.empty():
                 events.append(recorder.queue.get_nowait())
+            stopping = STOP in events
+            events = [e for e in events if e is not STOP]
+            if not events:
+                continue
             try:
                 await write_events(ctx, events)
             except Exception:
@@ -72,13 +81,13 @@ async def _recorder(ctx: ServerContext) -> AsyncIterator[None]:
         yield
     finally:
         ctx.plugins.pm.unregister(recorder)
-        pending = []
-        while not recorder.queue.empty():
-            pending.append(recorder.queue.get_nowait())
-        task.cancel()
-        if pending:
-            with contextlib.suppress(Exception):
-                await write_events(ctx, pending)
+        # Let the batch being written finish (cancelling it mid-transaction would leave a
+        # connection checked out), then write what is still queued.
+        await recorder.queue.put(STOP)
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except TimeoutError:
+            log.error("audit writer did not finish within 10 s at shutdown")
 
 
 @hookimpl(trylast=True)

@@ -52,7 +52,7 @@ async def next_message(stream: Any, within: float = 5.0) -> dict[str, Any]:
 
 async def drain(stream: Any, quiet: float = 0.3) -> list[dict[str, Any]]:
     """Messages until the stream has been quiet for ``quiet`` seconds (keep-alives skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     while True:
         try:
             msg = await asyncio.wait_for(stream.__anext__(), quiet)
