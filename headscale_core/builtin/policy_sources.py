@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
+from headscale_core.errors import InvalidRequest
 from headscale_core.hookspecs import hookimpl
 from headscale_core.providers import PolicySource, PolicySourceReadOnly
 from headscale_core.server.context import ServerContext
@@ -27,9 +28,13 @@ class FilePolicySource:
         if self.path is None:
             return None
         try:
-            return await asyncio.to_thread(self.path.read_text)
+            return await asyncio.to_thread(self.path.read_text, encoding="utf-8")
         except OSError as exc:
             raise OSError(f"cannot read policy.path {self.path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            # A ValueError: left alone it would end the reload loop, and no later edit would load.
+            raise InvalidRequest(f"policy.path {self.path} is not UTF-8 text (byte {exc.start}): "
+                                 "save the policy as UTF-8") from exc
 
     async def store(self, text: str) -> None:
         raise PolicySourceReadOnly(

@@ -119,6 +119,13 @@ async def test_file_policy_edits_reload_and_a_bad_edit_keeps_the_last_good_polic
         await wait_for(lambda: len(events.of("policy.reload_failed")) == 2, "second policy.reload_failed")
         assert "cannot read policy.path" in events.of("policy.reload_failed")[1].details["reason"]
         assert srv.state.policy.text == good and not srv.state.policy.allow_all
+
+        # Bytes that are not text are refused the same way, and the watcher keeps watching.
+        policy.write_bytes(b'{"acls": [\xff]}')
+        await wait_for(lambda: len(events.of("policy.reload_failed")) == 3, "third policy.reload_failed")
+        assert "is not UTF-8 text" in events.of("policy.reload_failed")[2].details["reason"]
+        policy.write_text(acl("alice@", "tag:server:22"))
+        assert filter_ports(await next_filter(stream)) == {(22, 22)}
         await stream.aclose()
         for machine in (laptop, server):
             await machine.client.close()
