@@ -57,6 +57,7 @@ async def open_core(config: Config, *, plugins: Plugins | None = None, migrate: 
         # Before the database is touched: a key store that cannot give the existing key
         # must stop start-up without creating or migrating anything.
         ctx.extras["noise_private"] = await keys.load_or_create("noise")
+    backend.observe_transaction = ctx.extras["metrics"].db_duration.observe
     await backend.open(migrate_schema=migrate)
     state = StateService(config, backend, plugins, context=ctx)
     ctx.state = state

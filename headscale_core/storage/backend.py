@@ -7,7 +7,8 @@ A backend knows how to connect and how to explain a failure; everything above it
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,6 +29,8 @@ class StorageBackend:
     def __init__(self) -> None:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self.observe_transaction: Callable[[float], None] | None = None
+        """Called with each transaction's duration in seconds (the server's db metric)."""
 
     def create_engine(self) -> AsyncEngine:
         raise NotImplementedError
@@ -70,7 +73,18 @@ class StorageBackend:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction, committed on success, rolled back on error."""
+        """A session inside one transaction, committed on success, rolled back on error; timed."""
+        started = time.perf_counter()
+        try:
+            async with self.open_transaction() as session:
+                yield session
+        finally:
+            if self.observe_transaction is not None:
+                self.observe_transaction(time.perf_counter() - started)
+
+    @asynccontextmanager
+    async def open_transaction(self) -> AsyncIterator[AsyncSession]:
+        """What ``transaction`` times: backends override this one (to retry a lost connection, say)."""
         if self._sessions is None:
             raise StorageError("storage is not open: call open() first")
         async with self._sessions() as session, session.begin():

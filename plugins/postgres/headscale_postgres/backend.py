@@ -62,7 +62,7 @@ class PostgresBackend(StorageBackend):
         return explain(self.settings, exc)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    async def open_transaction(self) -> AsyncIterator[AsyncSession]:
         if self._sessions is None:
             raise StorageError("storage is not open: call open() first")
         async with self._sessions() as session:
