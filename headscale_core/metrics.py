@@ -37,6 +37,12 @@ class Metrics:
     def registration(self, method: str, result: str) -> None:
         self.registrations.labels(method, result).inc()
 
+    def api_request(self, method: str, path: str, status: int, seconds: float | None) -> None:
+        """One REST call; ``seconds`` is None for a streamed response (its length is the client's)."""
+        self.api_requests.labels(method, path, str(status)).inc()
+        if seconds is not None:
+            self.api_duration.labels(method, path).observe(seconds)
+
     def stream_opened(self) -> None:
         self.map_streams.inc()
 

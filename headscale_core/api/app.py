@@ -10,6 +10,7 @@ of paths everywhere. On a trusted app requests need no key and act as ``local``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from headscale_core.api.openapi import openapi_document
 from headscale_core.api.policy import PolicyHandlers
 from headscale_core.api.users import UserHandlers
 from headscale_core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, StorageError
+from headscale_core.metrics import Metrics
 from headscale_core.providers import PolicySourceReadOnly
 
 if TYPE_CHECKING:
@@ -116,7 +118,27 @@ def make_api_app(ctx: ServerContext, *, trusted_local: bool) -> web.Application:
                                   "create an admin key with `headscale apikeys create --scope admin`")
         return await handler(request)
 
-    app = web.Application(middlewares=[errors, authenticate])
+    metrics: Metrics | None = ctx.extras.get("metrics")
+
+    @web.middleware
+    async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status, streamed = 500, False
+        try:
+            response = await handler(request)
+            status, streamed = response.status, not isinstance(response, web.Response)
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if metrics is not None:
+                # The route template, not the path: node IDs must not become label values.
+                resource = request.match_info.route.resource
+                metrics.api_request(request.method, resource.canonical if resource else "unmatched", status,
+                                    None if streamed else time.perf_counter() - started)
+
+    app = web.Application(middlewares=[measure, errors, authenticate])
     app[TRUSTED_LOCAL] = trusted_local
     app.add_routes([web.route(ep.method, ep.path, ep.handler) for ep in endpoints])
     return app
