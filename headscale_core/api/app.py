@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from headscale_core import __version__
+from headscale_core.api.audit import AuditHandlers
 from headscale_core.api.base import ACTOR, Endpoint, Handler, Handlers, ok
 from headscale_core.api.keys import KeyHandlers
 from headscale_core.api.nodes import NodeHandlers
@@ -23,8 +24,10 @@ from headscale_core.api.openapi import openapi_document
 from headscale_core.api.policy import PolicyHandlers
 from headscale_core.api.users import UserHandlers
 from headscale_core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, StorageError
+from headscale_core.events import request_source
 from headscale_core.metrics import Metrics
 from headscale_core.providers import PolicySourceReadOnly
+from headscale_core.state.secrets import split_key
 
 if TYPE_CHECKING:
     from headscale_core.server.context import ServerContext
@@ -68,7 +71,7 @@ class _OpenAPI(Handlers):
 def api_endpoints(ctx: ServerContext) -> list[Endpoint]:
     """Every ``/api/v1`` operation, bound to ``ctx``; paths are relative to ``/api/v1``."""
     table: list[Endpoint] = []
-    for cls in (UserHandlers, NodeHandlers, KeyHandlers, PolicyHandlers):
+    for cls in (UserHandlers, NodeHandlers, KeyHandlers, PolicyHandlers, AuditHandlers):
         table += cls(ctx).endpoints()
     return table + _OpenAPI(ctx, table).endpoints()
 
@@ -103,17 +106,28 @@ def make_api_app(ctx: ServerContext, *, trusted_local: bool) -> web.Application:
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.app.get(TRUSTED_LOCAL, False):
             request[ACTOR] = "local"
-            return await handler(request)
+            with request_source("local"):
+                return await handler(request)
         if request.match_info.handler in public:
             return await handler(request)
+        with request_source(request.remote or ""):
+            return await _with_key(request, handler)
+
+    async def _with_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return unauthorized()
         key = await ctx.state.authenticate_api_key(token)
         if key is None:
+            # A key was presented and refused: someone holds a wrong, expired or guessed key.
+            parts = split_key(token.strip(), "api")
+            ctx.state.audit("login.failed", "api", subject=f"apikey:{parts[0] if parts else '(malformed)'}",
+                            reason="API key unknown, expired or wrong", path=request.path)
             return unauthorized()
         request[ACTOR] = f"api:{key.prefix}"
         if key.scope == "read" and request.method not in ("GET", "HEAD"):
+            ctx.state.audit("access.denied", f"api:{key.prefix}", subject=f"apikey:{key.prefix}",
+                            reason="read-scope key used for a write", method=request.method, path=request.path)
             return error_response(403, 7, f"API key {key.prefix} has scope read: it may only read (GET); "
                                   "create an admin key with `headscale apikeys create --scope admin`")
         return await handler(request)

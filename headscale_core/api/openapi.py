@@ -34,6 +34,11 @@ SCHEMAS: dict[str, Any] = {
                                                       "REGISTER_METHOD_CLI", "REGISTER_METHOD_OIDC"]},
         "givenName": _STR, "online": _BOOL, "approvedRoutes": _STRS, "availableRoutes": _STRS,
         "subnetRoutes": _STRS, "tags": _STRS}},
+    "AuditEvent": {"type": "object", "properties": {
+        "time": _TIME, "kind": {"type": "string", "description": "dotted, e.g. node.register, login.failed"},
+        "actor": {"type": "string", "description": "who: api:<key prefix>, local, node:<id>, system..."},
+        "subject": _STR, "source": {"type": "string", "description": "the client's address, when there was one"},
+        "details": {"type": "object"}}},
     "Error": {"type": "object", "required": ["code", "message", "details"], "properties": {
         "code": {"type": "integer", "description": "gRPC status code"}, "message": _STR,
         "details": {"type": "array", "items": {"type": "object"}}}},

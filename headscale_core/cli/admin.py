@@ -1,5 +1,5 @@
 """The admin command tree (``users``, ``nodes``, ``preauthkeys``, ``apikeys``, ``auth``,
-``policy``, ``acl``, ``health``) with Headscale's names and aliases.
+``policy``, ``acl``, ``audit``, ``health``) with Headscale's names and aliases.
 
 Every command is a client of ``/api/v1`` (``cli.client``): remote, over the local socket, or
 offline against an in-process core. ``cli.main`` calls ``register(subparsers)``.
@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from headscale_core.cli.admin_audit import register_audit
 from headscale_core.cli.admin_keys import register_apikeys, register_preauthkeys
 from headscale_core.cli.admin_nodes import register_auth, register_nodes
 from headscale_core.cli.client import ApiClient
@@ -143,5 +144,6 @@ def register(subparsers: Any) -> None:
     register_apikeys(subparsers)
     register_auth(subparsers)
     register_policy(subparsers)
+    register_audit(subparsers)
     p = subparsers.add_parser("health", help="exit 0 if the server and its database answer, else 1")
     p.set_defaults(func=api_command(health))

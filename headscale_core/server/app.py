@@ -18,10 +18,12 @@ from functools import partial
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, generate_latest
 
 from headscale_core.config import Config, parse_duration
 from headscale_core.errors import ConfigError, InvalidRequest
+from headscale_core.events import request_source
 from headscale_core.mapper.batcher import Mapper
 from headscale_core.metrics import Metrics
 from headscale_core.plugins import Plugins, make_plugin_manager
@@ -151,6 +153,13 @@ def _api_setup(ctx: ServerContext, app: web.Application) -> web.Application | No
     return local
 
 
+@web.middleware
+async def _remember_source(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Audit events raised while serving a page (a login callback, say) name the client's address."""
+    with request_source(request.remote or ""):
+        return await handler(request)
+
+
 @contextlib.asynccontextmanager
 async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
     """Start listeners and background work; yield the bound addresses; stop on exit."""
@@ -168,7 +177,7 @@ async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
     machine = MachineHandler(ctx.state, mapper, ctx.extras["registrar"], metrics)
     upgrades = _collect_upgrades(ctx, machine, noise_private)
 
-    app = web.Application(client_max_size=4 << 20)
+    app = web.Application(client_max_size=4 << 20, middlewares=[_remember_source])
     app.add_routes(web_routes(ctx, noise_private))
     # The WebSocket variant of /ts2021 (browsers, js/wasm clients): the listener leaves
     # WebSocket upgrades to aiohttp, which hands them over without losing bytes.

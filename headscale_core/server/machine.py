@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from headscale_core.errors import HeadscaleError, InvalidRequest
+from headscale_core.events import request_source
 from headscale_core.mapper.batcher import Mapper, dumps
 from headscale_core.protocol.keys import is_zero
 from headscale_core.server.h2session import MachineRequest, ResponseStream, StreamClosed
@@ -65,7 +66,8 @@ class MachineHandler:
 
     async def register(self, req: MachineRequest, body: dict[str, Any], resp: ResponseStream) -> None:
         try:
-            answer = await self.registrar.register(body, str(req.machine_key), req.remote)
+            with request_source(req.remote):
+                answer = await self.registrar.register(body, str(req.machine_key), req.remote)
         except InvalidRequest as exc:
             answer = {"Error": str(exc)}
         if self.metrics is not None:

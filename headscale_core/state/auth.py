@@ -123,6 +123,8 @@ class Registrar:
         # Containers resend the same key on every start: a node already registered with this
         # key needs no fresh validation (the key may since have been used or expired).
         if existing is not None and existing.auth_key_id == key.id and not existing.is_expired(now):
+            self.state.audit("login.ok", f"node:{existing.id}", subject=f"node:{existing.id}", source=remote,
+                             method="authkey", preauthkey=key.id)
             return self._ok(existing)
         problem = key.problem(now)
         if problem:
@@ -135,6 +137,8 @@ class Registrar:
                                            ephemeral or key.ephemeral, "authkey", key)
         async with self.state.storage.transaction() as s:
             await repo.set_preauth_key(s, key.id, used=True)
+        self.state.audit("login.ok", f"node:{node.id}", subject=f"node:{node.id}", source=remote, method="authkey",
+                         preauthkey=key.id, user=user.name if user else "")
         return self._ok(node)
 
     async def _create_or_reuse(self, machine_key: str, node_key: str, old_key: str, hostinfo: dict[str, Any],
@@ -225,6 +229,9 @@ class Registrar:
         denials = [d for d in self.state.plugins.hook.headscale_authorize_login(
             identity=identity, registration=reg, ctx=self.state.context) if d is not None]
         if denials:
+            self.state.audit("login.refused", actor, subject=f"registration:{reg_id}", method=method,
+                             user=user.name, identity=f"{identity.provider}:{identity.subject}",
+                             reason=denials[0].reason)
             raise InvalidRequest(f"login refused: {denials[0].reason}")
         node = await self._create_or_reuse(reg.machine_key, reg.node_key, reg.old_node_key, reg.hostinfo, user,
                                            (), reg.ephemeral, method, None)
@@ -233,6 +240,7 @@ class Registrar:
             if row is not None:
                 row.status, row.user_id = "approved", user.id
         self.state.audit("registration.approve", actor, subject=f"node:{node.id}", user=user.name)
+        self.state.audit("login.ok", actor, subject=f"node:{node.id}", method=method, user=user.name)
         self.state.waiters.resolve(reg_id, RegistrationOutcome(node_id=node.id))
         return node
 

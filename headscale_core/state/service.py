@@ -16,7 +16,7 @@ from typing import Any
 
 from headscale_core.config import Config, parse_duration
 from headscale_core.errors import Conflict, InvalidRequest, NotFound
-from headscale_core.events import Event
+from headscale_core.events import REQUEST_SOURCE, Event
 from headscale_core.plugins import Plugins
 from headscale_core.providers import ChangeBus
 from headscale_core.state import fanout, names
@@ -127,8 +127,11 @@ class StateService:
             await self.emit(*changes, publish=False)
 
     def audit(self, kind: str, actor: str, subject: str = "", source: str = "", **details: Any) -> None:
+        """Hand an event to the ``headscale_event`` hook; ``source`` defaults to the address of
+        the request being served (``events.request_source``)."""
         try:
-            self.plugins.emit(Event(kind=kind, actor=actor, subject=subject, source=source, details=details))
+            self.plugins.emit(Event(kind=kind, actor=actor, subject=subject, source=source or REQUEST_SOURCE.get(),
+                                    details=details))
         except Exception:  # an observer must never break the write path
             log.exception("event hook failed for %s", kind)
 
