@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report, scenarios
-from benchmarks.loadgen import Fleet
+from benchmarks.loadgen import Fleet, SimNode
 from benchmarks.scenarios import Bench
 from benchmarks.servers import BenchServer, HeadscaleServer, OursServer, install_headscale, snapshot_ours
 from benchmarks.tailnets import (
@@ -90,6 +90,12 @@ async def one_round(kind: str, tailnet: Tailnet, nodes: int, phases: list[str], 
                     results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                     break
                 results[name]["phase_s"] = round(time.perf_counter() - started, 1)
+                if phase == "registration_storm":
+                    # Later phases run with the nodes that did register (a storm may leave some out).
+                    unregistered = [n for n in bench.fleet.nodes if not n.registered]
+                    await bench.fleet.gather(unregistered, SimNode.disconnect)
+                    bench.fleet.nodes = [n for n in bench.fleet.nodes if n.registered]
+                    results[name]["nodes_registered"] = len(bench.fleet.nodes)
                 print(f"    {_brief(results[name])}", file=sys.stderr, flush=True)
                 if server.proc is not None and server.proc.poll() is not None:
                     results[name]["error"] = f"server exited {server.proc.returncode}: {server.log_tail(5)}"

@@ -143,8 +143,14 @@ class Fleet:
         if message.get("KeepAlive") and len(message) == 1:
             node.keepalives += 1
             return
-        if node.node_id is None and message.get("Node"):
-            node.node_id = int(message["Node"]["ID"])
+        own = message.get("Node")
+        if own is not None:
+            if own.get("Key") != node.node_key:  # the server sent another node's map on this stream
+                node.wrong_self += 1
+                node.error = f"received the map of node {own.get('ID')} ({own.get('Key', '')[:16]}…)"
+                return
+            if node.node_id is None:
+                node.node_id = int(own["ID"])
         touched = node.table.apply(message)
         if not self._watches:
             return
@@ -193,7 +199,9 @@ class Fleet:
         if nodes is None:
             problems += [f"{n.name}: no map applied yet ({n.messages} messages received, {len(n.pending)} pending, "
                          f"error: {n.error})" for n in self.nodes if n.node_id is None]
-            if len(by_id) < len(self.nodes) - len(problems):
+            problems += [f"{n.name}: {n.wrong_self} map message(s) meant for another node ({n.error})"
+                         for n in self.nodes if n.wrong_self]
+            if len(by_id) < len(self.nodes) - sum(1 for n in self.nodes if n.node_id is None):
                 problems.append("two simulated nodes received the same node ID")
         for node in self.nodes if nodes is None else nodes:
             if node.node_id is None:

@@ -120,6 +120,8 @@ class SimNode:
     bytes_closed: int = 0  # bytes of connections already closed
     poll: asyncio.Task[None] | None = None
     error: str | None = None
+    registered: bool = False
+    wrong_self: int = 0  # messages whose Node (self) was another node's
     restarts: int = 0  # map streams that ended or went silent and were redialled
     url: str = ""
     server_public: Any = None
@@ -167,6 +169,7 @@ class SimNode:
         answer = await self.client.register(self.node_key, self.auth_key, self.hostinfo)
         if not answer.get("MachineAuthorized"):
             raise ControlError("POST /machine/register (not authorized)", 200, repr(answer).encode())
+        self.registered = True
 
     def start_poll(self, on_frame: Callable[[SimNode, float, bytes], None]) -> None:
         """Poll the map in a task that, like tailscaled, redials after the stream ends or stays
