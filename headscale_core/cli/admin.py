@@ -83,7 +83,7 @@ def policy_check(args: argparse.Namespace) -> int:
     try:
         parse_policy(_read(args.file))
     except PolicyError as exc:
-        return error(fmt(args), f"policy file {args.file} is invalid: {exc.message}")
+        return error(fmt(args), f"policy file {args.file} is invalid: {exc.describe()}")
     except HeadscaleError as exc:
         return error(fmt(args), str(exc))
     emit(fmt(args), {"valid": True}, "Policy is valid")

@@ -123,10 +123,11 @@ async def _watch_policy(ctx: ServerContext) -> None:
     async for _ in source.watch():
         try:
             text = await source.load()
-            ctx.state.policy.apply(text)
-        except (InvalidRequest, OSError) as exc:
-            log.error("policy reload rejected, keeping the last good policy: %s", exc)
-            ctx.state.audit("policy.reload_failed", "system", reason=str(exc))
+            ctx.state.policy.apply(text, reload=True)
+        except Exception as exc:  # whatever is wrong with the new text, the watcher lives on
+            reason = str(exc) if isinstance(exc, InvalidRequest | OSError) else f"{type(exc).__name__}: {exc}"
+            log.error("policy reload rejected, keeping the last good policy: %s", reason)
+            ctx.state.audit("policy.reload_failed", "system", reason=reason)
             continue
         log.info("policy reloaded from %s", ctx.config.policy.mode)
         ctx.state.audit("policy.reload", "system")
@@ -256,6 +257,8 @@ async def run_server(config: Config, plugins: Plugins | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP means "reload the policy"; until the watcher takes it over it must not kill us.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
     try:
         async with running_server(ctx) as addresses:
             log.info("headscale-core listening on %s (server_url %s); data in %s", _fmt(addresses.get("listen")),

@@ -22,6 +22,7 @@ from headscale_core.policy import (
     compile_policy,
     parse_policy,
 )
+from headscale_core.policy.tests import run_policy_tests
 from headscale_core.state.changes import Change, NodeChanged, NodePatched, NodeRemoved
 from headscale_core.state.model import Node
 
@@ -76,11 +77,33 @@ class PolicyState:
         except PolicyError as exc:
             raise InvalidRequest(exc.describe()) from exc
 
-    def apply(self, text: str | None) -> None:
-        """Switch to a validated policy (None: allow all)."""
-        self._policy = self.validate(text) if text and text.strip() else None
-        self.text = text if self._policy is not None else None
+    def apply(self, text: str | None, *, reload: bool = False) -> None:
+        """Switch to a validated policy whose own ``tests`` pass (None: allow all).
+
+        On a ``reload`` an empty file is refused rather than read as "allow all": an editor
+        that truncates before writing must not open the tailnet for a moment.
+        """
+        if reload and text is not None and not text.strip():
+            raise InvalidRequest("the policy file is empty: keeping the last good policy "
+                                 "(remove policy.path to allow all traffic)")
+        policy = self.validate(text) if text and text.strip() else None
+        if policy is not None:
+            self.check_tests(policy)
+        self._policy = policy
+        self.text = text if policy is not None else None
         self._stale = True
+
+    def check_tests(self, policy: Any) -> None:
+        """Refuse a policy whose own ``tests``/``sshTests`` fail on the current tailnet, as
+        Tailscale does."""
+        if not (getattr(policy, "tests", None) or getattr(policy, "ssh_tests", None)):
+            return
+        store = self.state.store
+        users = [PolicyUser(id=u.id, name=u.name, email=u.email, groups=u.groups) for u in store.users.values()]
+        nodes = [policy_node(n, n.id in store.online) for n in store.nodes.values()]
+        failures = run_policy_tests(policy, users, nodes)
+        if failures:
+            raise InvalidRequest("the policy's own tests fail: " + "; ".join(failures))
 
     def note_changes(self, changes: Iterable[Change]) -> None:
         for change in changes:

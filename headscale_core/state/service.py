@@ -469,7 +469,7 @@ class StateService:
         A read-only source (``policy.mode: file``) raises ``PolicySourceReadOnly`` before
         anything changes; an invalid policy raises ``InvalidRequest`` before it is stored.
         """
-        self.policy.validate(text)
+        self.policy.check_tests(self.policy.validate(text))
         await self.policy.source().store(text)
         self.policy.apply(text)
         self.audit("policy.set", actor, subject="policy")
