@@ -19,6 +19,7 @@ from headscale_core import __version__
 from headscale_core.api.audit import AuditHandlers
 from headscale_core.api.base import ACTOR, Endpoint, Handler, Handlers, ok
 from headscale_core.api.keys import KeyHandlers
+from headscale_core.api.live import LiveHandlers, live_events
 from headscale_core.api.nodes import NodeHandlers
 from headscale_core.api.openapi import openapi_document
 from headscale_core.api.policy import PolicyHandlers
@@ -71,7 +72,7 @@ class _OpenAPI(Handlers):
 def api_endpoints(ctx: ServerContext) -> list[Endpoint]:
     """Every ``/api/v1`` operation, bound to ``ctx``; paths are relative to ``/api/v1``."""
     table: list[Endpoint] = []
-    for cls in (UserHandlers, NodeHandlers, KeyHandlers, PolicyHandlers, AuditHandlers):
+    for cls in (UserHandlers, NodeHandlers, KeyHandlers, PolicyHandlers, AuditHandlers, LiveHandlers):
         table += cls(ctx).endpoints()
     return table + _OpenAPI(ctx, table).endpoints()
 
@@ -153,6 +154,7 @@ def make_api_app(ctx: ServerContext, *, trusted_local: bool) -> web.Application:
                                     None if streamed else time.perf_counter() - started)
 
     app = web.Application(middlewares=[measure, errors, authenticate])
+    app.on_shutdown.append(live_events(ctx).close)
     app[TRUSTED_LOCAL] = trusted_local
     app.add_routes([web.route(ep.method, ep.path, ep.handler) for ep in endpoints])
     return app

@@ -40,6 +40,7 @@ class Endpoint:
     body: dict[str, str] = field(default_factory=dict)  # field name -> OpenAPI type or $ref name
     response: dict[str, str] = field(default_factory=dict)
     public: bool = False  # served without an API key (the OpenAPI document)
+    media_type: str = "application/json"  # of the 200 response (text/event-stream for a stream)
 
 
 def ok(payload: dict[str, Any] | None = None) -> web.Response:

@@ -68,7 +68,8 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
         "operationId": ep.operation_id,
         "summary": ep.summary,
         "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": _object(ep.response)}}},
+            "200": {"description": "OK", "content": {ep.media_type: {"schema": _object(ep.response)}
+                                                      if ep.media_type == "application/json" else {"type": "string"}}},
             "400": {"description": "Invalid request", **error},
             "401": {"description": "Missing or invalid API key (text/plain `Unauthorized`)"},
             "403": {"description": "The API key's scope does not allow this", **error},
