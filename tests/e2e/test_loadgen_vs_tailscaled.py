@@ -52,7 +52,8 @@ async def test_simulated_peer_tables_match_tailscale_status(control: RunningServ
             await fleet.settle()
             if any(len(n.table.peers) != total - 1 for n in fleet.nodes):
                 return False
-            return all(len(real_view(await r.status())) == total - 1 for r in real)
+            views = [real_view(await r.status()) for r in real]
+            return all(len(view) == total - 1 for view in views)
 
         await wait_until(everyone_sees_everyone, 60, "all five nodes see four peers")
         statuses = [await r.status() for r in real]
