@@ -18,6 +18,10 @@ class Metrics:
         self.batch_seconds = Histogram("headscale_change_batch_duration_seconds",
                                        "Time to fan out one batch of changes", registry=registry,
                                        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1))
+        self.propagation_seconds = Histogram(
+            "headscale_change_propagation_seconds",
+            "From a change being emitted to its map message being queued to the last session it concerns",
+            registry=registry, buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
         self.registrations = Counter("headscale_registrations_total", "Registration requests by method and result",
                                      ["method", "result"], registry=registry)
         self.api_requests = Counter("headscale_api_requests_total", "REST API requests",
@@ -33,6 +37,9 @@ class Metrics:
 
     def batch_done(self, seconds: float) -> None:
         self.batch_seconds.observe(seconds)
+
+    def change_propagated(self, seconds: float) -> None:
+        self.propagation_seconds.observe(seconds)
 
     def registration(self, method: str, result: str) -> None:
         self.registrations.labels(method, result).inc()

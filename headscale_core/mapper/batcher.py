@@ -43,6 +43,7 @@ class Mapper:
         self._batch = ChangeBatch()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
+        self._first_change: float | None = None  # when the oldest change of this batch was emitted
         state.on_change(self.on_change)
 
     # ---- sessions -----------------------------------------------------------------------
@@ -106,6 +107,8 @@ class Mapper:
     # ---- batching -------------------------------------------------------------------------
 
     def on_change(self, changes: list[Change]) -> None:
+        if self._first_change is None:
+            self._first_change = time.perf_counter()
         for change in changes:
             self._batch.add(change)
         if self._flush_handle is None:
@@ -115,19 +118,26 @@ class Mapper:
     def _start_flush(self) -> None:
         self._flush_handle = None
         batch, self._batch = self._batch, ChangeBatch()
+        first_change, self._first_change = self._first_change, None
         if batch:
             started = time.perf_counter()
+            reached = 0
             try:
-                self.apply(batch)
+                reached = self.apply(batch)
             except Exception:
                 log.exception("could not fan out a batch of changes; affected sessions are closed to resync")
                 for session in list(self.sessions.values()):
                     session.close()
             if self.metrics is not None:
-                self.metrics.batch_done(time.perf_counter() - started)
+                done = time.perf_counter()
+                self.metrics.batch_done(done - started)
+                if reached and first_change is not None:
+                    self.metrics.change_propagated(done - first_change)
 
-    def apply(self, batch: ChangeBatch) -> None:
+    def apply(self, batch: ChangeBatch) -> int:
+        """Queue each session's message for ``batch``; the number of sessions that got one."""
         state = self.state
+        reached = 0
         now = wire.go_time(datetime.now(UTC))
         shared: dict[tuple[Any, ...], bytes] = {}
         policy_changed = batch.policy
@@ -191,6 +201,7 @@ class Mapper:
             if not message:
                 continue
             message["ControlTime"] = now
+            reached += 1
             if personal:
                 session.push(self.encode(message, "self"))
                 continue
@@ -200,6 +211,7 @@ class Mapper:
                 kind = "patch" if set(message) <= {"PeersChangedPatch", "ControlTime"} else "delta"
                 frame = shared[frame_key] = self.encode(message, kind)
             session.push(frame)
+        return reached
 
     async def aclose(self) -> None:
         if self._flush_handle is not None:
