@@ -1,6 +1,6 @@
 """Relay throughput: our Python relay next to Tailscale's derper, in one run.
 
-    .venv/bin/python plugins/derp/benchmarks/derp_relay.py [--seconds 3] [--pairs 2]
+    .venv/bin/python benchmarks/derp_relay.py [--seconds 3] [--pairs 2]
 
 Each relay runs in its own process on 127.0.0.1. Client pairs (this process, one asyncio
 loop) push packets through it with a bounded window of packets in flight per pair, so
@@ -25,7 +25,7 @@ from pathlib import Path
 from headscale_derp.client import DerpClient
 from headscale_derp.handshake import generate_private_key
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 WINDOW = 24  # packets in flight per pair; below the relays' queue depth of 32
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
