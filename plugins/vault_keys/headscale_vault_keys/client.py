@@ -41,8 +41,9 @@ class DeletedSecret:
 
 
 @contextmanager
-def translated(settings: VaultSection, doing: str) -> Iterator[None]:
-    """Turn hvac and requests failures during ``doing`` into a ``VaultAccessError``."""
+def translated(settings: VaultSection, doing: str, login: str = "") -> Iterator[None]:
+    """Turn hvac and requests failures during ``doing`` into a ``VaultAccessError``; ``login``
+    is what to check when ``doing`` is a login that Vault refuses."""
     address = settings.address
     try:
         yield
@@ -58,6 +59,12 @@ def translated(settings: VaultSection, doing: str) -> Iterator[None]:
         raise VaultAccessError(f"cannot {doing}: Vault at {address} is sealed: unseal it "
                                "(`bao operator unseal` / `vault operator unseal`) and start again") from exc
     except hvac.exceptions.Forbidden as exc:
+        if login:
+            # A login has no token yet: a 403 here is the auth method refusing these credentials
+            # (OpenBao's kubernetes method answers so when the TokenReview fails or the service
+            # account is not bound to the role), never a token's policy.
+            raise VaultAccessError(f"cannot {doing}: Vault at {address} refused the login ({_errors(exc)}): "
+                                   f"{login}") from exc
         raise VaultAccessError(f"cannot {doing}: permission denied by Vault at {address}: "
                                "check the token's policy (and that it has not expired)") from exc
     except hvac.exceptions.Unauthorized as exc:
@@ -96,7 +103,7 @@ def connect(settings: VaultSection) -> hvac.Client:
     token = _read_token(settings) if method == "token" else ""
     client = hvac.Client(url=settings.address, token=token, verify=verify, timeout=settings.timeout,
                          namespace=settings.namespace or None)
-    with translated(settings, f"log in to Vault with {method}"):
+    with translated(settings, f"log in to Vault with {method}", _LOGIN_CHECKS.get(method, "")):
         if method == "approle":
             client.auth.approle.login(role_id=settings.approle.role_id, secret_id=settings.approle.secret_id,
                                       mount_point=settings.approle.mount)
@@ -104,6 +111,13 @@ def connect(settings: VaultSection) -> hvac.Client:
             jwt = _read_file(settings.kubernetes.jwt_path, "vault.kubernetes.jwt_path")
             client.auth.kubernetes.login(role=settings.kubernetes.role, jwt=jwt, mount_point=settings.kubernetes.mount)
     return client
+
+
+_LOGIN_CHECKS = {
+    "approle": "check vault.approle.role_id and secret_id (and that the secret_id has not expired)",
+    "kubernetes": "check vault.kubernetes.role (its bound service account names and namespaces) and that "
+                  "the Kubernetes API accepts the token in vault.kubernetes.jwt_path",
+}
 
 
 def _read_token(settings: VaultSection) -> str:
