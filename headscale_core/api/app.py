@@ -18,6 +18,7 @@ from aiohttp import web
 from headscale_core import __version__
 from headscale_core.api.audit import AuditHandlers
 from headscale_core.api.base import ACTOR, Endpoint, Handler, Handlers, ok
+from headscale_core.api.explain import ExplainHandlers
 from headscale_core.api.keys import KeyHandlers
 from headscale_core.api.live import LiveHandlers, live_events
 from headscale_core.api.nodes import NodeHandlers
@@ -72,7 +73,8 @@ class _OpenAPI(Handlers):
 def api_endpoints(ctx: ServerContext) -> list[Endpoint]:
     """Every ``/api/v1`` operation, bound to ``ctx``; paths are relative to ``/api/v1``."""
     table: list[Endpoint] = []
-    for cls in (UserHandlers, NodeHandlers, KeyHandlers, PolicyHandlers, AuditHandlers, LiveHandlers):
+    for cls in (UserHandlers, NodeHandlers, KeyHandlers, PolicyHandlers, ExplainHandlers, AuditHandlers,
+                LiveHandlers):
         table += cls(ctx).endpoints()
     return table + _OpenAPI(ctx, table).endpoints()
 

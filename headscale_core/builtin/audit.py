@@ -57,7 +57,7 @@ def _append(path: object, text: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _recorder(ctx: ServerContext) -> AsyncIterator[None]:
+async def recording(ctx: ServerContext) -> AsyncIterator[None]:
     recorder = AuditRecorder()
     ctx.plugins.pm.register(recorder, name="headscale-audit-recorder")
 
@@ -92,4 +92,4 @@ async def _recorder(ctx: ServerContext) -> AsyncIterator[None]:
 
 @hookimpl(trylast=True)
 def headscale_lifespans(ctx: ServerContext) -> list[Callable[[], AbstractAsyncContextManager[None]]]:
-    return [lambda: _recorder(ctx)]
+    return [lambda: recording(ctx)]

@@ -22,16 +22,21 @@ from headscale_core.config import Config
 
 @contextlib.asynccontextmanager
 async def offline_socket(config: Config, plugins: Any = None) -> AsyncIterator[Path]:
+    from headscale_core.builtin.audit import recording
     from headscale_core.server.app import close_core, open_core
 
-    ctx = await open_core(config, plugins=plugins)
+    # No client is served here, so the server's private keys are not needed (nor fetched
+    # from a key store that may be remote); changes are audited like the server's own.
+    ctx = await open_core(config, plugins=plugins, load_keys=False)
     workdir = Path(tempfile.mkdtemp(prefix="headscale-cli-"))
     runner = web.AppRunner(make_local_app(ctx), access_log=None, handle_signals=False)
     try:
-        await runner.setup()
-        path = workdir / "api.sock"
-        await web.UnixSite(runner, str(path)).start()
-        yield path
+        async with recording(ctx):
+            await runner.setup()
+            path = workdir / "api.sock"
+            await web.UnixSite(runner, str(path)).start()
+            yield path
+            await runner.cleanup()
     finally:
         await runner.cleanup()
         await close_core(ctx)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from headscale_core.api import app as api_app
-from headscale_core.api.explain import ExplainHandlers
 from headscale_core.testing.inprocess import RunningServer
 
 from .conftest import ApiClient
@@ -24,21 +21,6 @@ POLICY = """{
 }"""
 
 _keys = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def explain_mounted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Serve /policy/explain on the test servers until ``api.app`` lists ExplainHandlers itself."""
-    original = api_app.api_endpoints
-
-    def with_explain(ctx: Any) -> list[Any]:
-        table = original(ctx)
-        if not any(ep.path == "/policy/explain" for ep in table):
-            table += ExplainHandlers(ctx).endpoints()
-        return table
-
-    monkeypatch.setattr(api_app, "api_endpoints", with_explain)
-    yield
 
 
 async def join(server: RunningServer, auth_key: str, hostname: str) -> int:

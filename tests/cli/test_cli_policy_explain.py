@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from api.test_api_policy_explain import POLICY, explain_mounted, tailnet  # noqa: F401  (autouse fixture)
+from api.test_api_policy_explain import POLICY, tailnet  # noqa: F401  (fixture)
 
 from headscale_core.cli.admin_policy_explain import split_destination
 from headscale_core.errors import HeadscaleError
