@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -158,6 +159,21 @@ async def run(args: argparse.Namespace) -> Path:
     return report.write(document, Path(args.out))
 
 
+def merge_reports(args: argparse.Namespace) -> int:
+    """Rebuild the results from the runs of several invocations (each server run separately)."""
+    runs: list[dict[str, Any]] = []
+    for path in args.runs:
+        loaded = json.loads(Path(path).read_text())
+        runs += loaded["runs"] if isinstance(loaded, dict) else loaded
+    kinds = [k for k in SERVER_KINDS if any(r["server"] == k for r in runs)]
+    settings = {"nodes": args.nodes, "sparse_nodes": 0, "reps": max(r["repetition"] for r in runs) + 1,
+                "pin": True, "ours_revision": "HEAD", "merged_from": ", ".join(args.runs)}
+    document = report.build(runs, args=settings, kinds=kinds, started=time.time())
+    document["notes"] = args.note
+    print(f"results: {report.write(document, Path(args.out))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,7 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results directory")
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,
                    help="run the load generator on uvloop")
+    p = sub.add_parser("report", help="write the results from saved runs (a results JSON or a list of runs)")
+    p.add_argument("--runs", action="append", required=True, help="a results JSON (its `runs`) or a runs list")
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--note", action="append", default=[], help="a line for the `notes` of the document")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results directory")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return merge_reports(args)
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # unwinds through every round's `finally`: servers are stopped

@@ -294,7 +294,8 @@ class HeadscaleServer(BenchServer):
 
     def version(self) -> str:
         out = subprocess.run([str(headscale_path()), "version"], capture_output=True, text=True).stdout
-        return f"headscale {out.strip().splitlines()[0] if out.strip() else HEADSCALE_VERSION}"
+        reported = out.strip().splitlines()[0] if out.strip() else "nothing"
+        return f"Headscale {HEADSCALE_VERSION} (built from the module; `headscale version` says {reported!r})"
 
     def config(self) -> dict[str, Any]:
         d = self.workdir
