@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+MAX_WINDOW = 1.0  # the adaptive batching window never exceeds this
+
+
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -42,8 +45,8 @@ class Mapper:
         self.keepalive = parse_duration(state.config.tuning.keepalive_interval)
         self._batch = ChangeBatch()
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None
         self._first_change: float | None = None  # when the oldest change of this batch was emitted
+        self._last_apply = 0.0  # seconds the last fan-out took: the next window is at least this
         state.on_change(self.on_change)
 
     # ---- sessions -----------------------------------------------------------------------
@@ -113,7 +116,10 @@ class Mapper:
             self._batch.add(change)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(self.delay, self._start_flush)
+            # Adaptive window: while fan-outs are expensive (a registration storm under a
+            # policy), wait as long as the last one took, so each covers more changes and
+            # the fan-out work stays at most about half of the time.
+            self._flush_handle = loop.call_later(max(self.delay, self._last_apply), self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush_handle = None
@@ -128,8 +134,9 @@ class Mapper:
                 log.exception("could not fan out a batch of changes; affected sessions are closed to resync")
                 for session in list(self.sessions.values()):
                     session.close()
+            done = time.perf_counter()
+            self._last_apply = min(done - started, MAX_WINDOW)
             if self.metrics is not None:
-                done = time.perf_counter()
                 self.metrics.batch_done(done - started)
                 if reached and first_change is not None:
                     self.metrics.change_propagated(done - first_change)
