@@ -4,6 +4,7 @@ to Running on their own, without a new login."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -85,3 +86,18 @@ async def test_kill9_and_restart_lose_nothing(headscale_server_factory: ServerFa
     assert "pong" in await a.ping(await b.ip(), timeout=20)
     # no new login was needed: the node keys did not change
     assert {v[2] for v in after.values()} == {v[2] for v in before.values()}
+
+
+async def test_interactive_login_approved_with_nodes_register(headscale_server_factory: ServerFactory,
+                                                             tailscale_node_factory: NodeFactory) -> None:
+    server = headscale_server_factory(relay_overrides())
+    server.cli("users", "create", "carol")
+    node = await tailscale_node_factory("laptop")
+    proc = await node.up_nowait(server.url, hostname="laptop", timeout=60)
+    url = await node.read_login_url(proc, timeout=30)
+    assert url.startswith(server.url + "/register/")
+    server.cli("nodes", "register", "--user", "carol", "--key", url.rsplit("/", 1)[1])
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    status = await node.wait_running(30)
+    assert status["Self"]["DNSName"] == "laptop.tailnet.test."
+    assert [n["user"]["name"] for n in nodes_json(server)] == ["carol"]
