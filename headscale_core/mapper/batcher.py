@@ -41,6 +41,7 @@ class Mapper:
         self.metrics = metrics
         self.sessions: dict[int, MapSession] = {}
         self.encoder = MapMessageEncoder()
+        self.peers = wire.PeerJSON(state)
         self.delay = parse_duration(state.config.tuning.batch_change_delay)
         self.keepalive = parse_duration(state.config.tuning.keepalive_interval)
         self._batch = ChangeBatch()
@@ -88,7 +89,7 @@ class Mapper:
         peer_nodes = [state.store.nodes[pid] for pid in peers]
         user_ids = {node.user_id} | {p.user_id for p in peer_nodes}
         message: dict[str, Any] = {
-            "Node": wire.node_json(state, node, None),
+            "Node": wire.self_node_json(state, node),
             "DERPMap": state.derp_map,
             "DNSConfig": wire.dns_config(state.config),
             "Domain": state.config.dns.base_domain,
@@ -99,7 +100,7 @@ class Mapper:
             "ControlTime": wire.go_time(datetime.now(UTC)),
         }
         if peer_nodes:
-            message["Peers"] = [wire.node_json(state, p, node_id) for p in peer_nodes]
+            message["Peers"] = [self.peers.peer(p, node_id) for p in peer_nodes]
         ssh = state.policy.ssh_policy(node_id)
         if ssh is not None:
             message["SSHPolicy"] = ssh
@@ -148,6 +149,7 @@ class Mapper:
         now = wire.go_time(datetime.now(UTC))
         shared: dict[tuple[Any, ...], bytes] = {}
         policy_changed = batch.policy
+        self.peers.forget(batch.removed)
         for session in list(self.sessions.values()):
             viewer = session.node_id
             if viewer not in state.store.nodes:
@@ -170,7 +172,7 @@ class Mapper:
                 message["PeersRemoved"] = removed
                 key.append(("r", tuple(removed)))
             if changed:
-                nodes = [wire.node_json(state, state.store.nodes[nid], viewer) for nid in changed]
+                nodes = [self.peers.peer(state.store.nodes[nid], viewer) for nid in changed]
                 message["PeersChanged"] = nodes
                 key.append(("c", tuple((n["ID"], tuple(n["AllowedIPs"])) for n in nodes)))
             if patched:
@@ -179,7 +181,7 @@ class Mapper:
                 key.append(("p", tuple(patched)))
             personal = False
             if viewer in batch.self_changed:
-                message["Node"] = wire.node_json(state, state.store.nodes[viewer], None)
+                message["Node"] = wire.self_node_json(state, state.store.nodes[viewer])
                 personal = True
             if policy_changed or viewer in batch.changed:
                 packet_filter = state.policy.packet_filter(viewer)

@@ -6,6 +6,7 @@ Exact Go field names; zero values omitted rather than sent as ``""`` (a key fiel
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +30,10 @@ def go_time(when: datetime | None) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def node_json(state: StateService, node: Node, viewer_id: int | None) -> dict[str, Any]:
-    """``tailcfg.Node`` for ``node`` as seen by ``viewer_id`` (None: the node itself)."""
-    policy = state.policy
+def node_base(state: StateService, node: Node, *, online: bool, expired: bool) -> dict[str, Any]:
+    """The part of ``tailcfg.Node`` every viewer sees alike (all but AllowedIPs, PrimaryRoutes
+    and the self-only CapMap)."""
     base = state.config.dns.base_domain
-    online = node.id in state.store.online
     out: dict[str, Any] = {
         "ID": node.id,
         "StableID": str(node.id),
@@ -60,27 +60,67 @@ def node_json(state: StateService, node: Node, viewer_id: int | None) -> dict[st
         out["Tags"] = list(node.tags)
     if not online and node.last_seen is not None:
         out["LastSeen"] = go_time(node.last_seen)
-    if viewer_id is None:
-        routes = policy.routes_in_use(node)
-        out["AllowedIPs"] = node.addresses + routes
-        primaries = policy.primary_routes(node)
-        if primaries:
-            out["PrimaryRoutes"] = primaries
-        capmap: dict[str, Any] = dict(SELF_CAPS)
-        if state.config.taildrop.enabled:
-            capmap["https://tailscale.com/cap/file-sharing"] = []
-        compiled = policy.compiled()
-        if compiled is not None and hasattr(compiled, "capmap"):
-            capmap.update(compiled.capmap(node.id))
-        out["CapMap"] = capmap
-    else:
-        out["AllowedIPs"] = policy.peer_allowed_ips(viewer_id, node)
-        primaries = policy.primary_routes(node)
-        if primaries:
-            out["PrimaryRoutes"] = primaries
-    if node.expiry is not None and node.expiry <= datetime.now(UTC):
+    if expired:
         out["Expired"] = True
     return out
+
+
+def is_expired(node: Node) -> bool:
+    return node.expiry is not None and node.expiry <= datetime.now(UTC)
+
+
+def self_node_json(state: StateService, node: Node) -> dict[str, Any]:
+    """``tailcfg.Node`` of a node as it sees itself (its routes, its CapMap)."""
+    policy = state.policy
+    out = node_base(state, node, online=node.id in state.store.online, expired=is_expired(node))
+    out["AllowedIPs"] = node.addresses + policy.routes_in_use(node)
+    primaries = policy.primary_routes(node)
+    if primaries:
+        out["PrimaryRoutes"] = primaries
+    capmap: dict[str, Any] = dict(SELF_CAPS)
+    if state.config.taildrop.enabled:
+        capmap["https://tailscale.com/cap/file-sharing"] = []
+    compiled = policy.compiled()
+    if compiled is not None:
+        capmap.update(compiled.capmap(node.id))
+    out["CapMap"] = capmap
+    return out
+
+
+class PeerJSON:
+    """Peers' ``tailcfg.Node`` JSON, built once per node version and shared by every viewer,
+    batch and full map; only the AllowedIPs/PrimaryRoutes variant differs per viewer.
+
+    An entry is reused while the node object (frozen, replaced on every change), its online
+    state and its expiry verdict are the same. The dicts handed out are shared: callers must
+    not modify them.
+    """
+
+    def __init__(self, state: StateService) -> None:
+        self.state = state
+        self._entries: dict[int, tuple[Node, bool, bool, dict[str, Any], dict[Any, dict[str, Any]]]] = {}
+
+    def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
+        policy = self.state.policy
+        online, expired = node.id in self.state.store.online, is_expired(node)
+        entry = self._entries.get(node.id)
+        if entry is None or entry[0] is not node or entry[1] != online or entry[2] != expired:
+            entry = (node, online, expired, node_base(self.state, node, online=online, expired=expired), {})
+            self._entries[node.id] = entry
+        allowed = tuple(policy.peer_allowed_ips(viewer_id, node))
+        primaries = tuple(policy.primary_routes(node))
+        variants = entry[4]
+        out = variants.get((allowed, primaries))
+        if out is None:
+            out = dict(entry[3], AllowedIPs=list(allowed))
+            if primaries:
+                out["PrimaryRoutes"] = list(primaries)
+            variants[(allowed, primaries)] = out
+        return out
+
+    def forget(self, node_ids: Iterable[int]) -> None:
+        for node_id in node_ids:
+            self._entries.pop(node_id, None)
 
 
 def peer_change(state: StateService, node: Node, fields: set[str] | frozenset[str]) -> dict[str, Any]:
