@@ -143,8 +143,7 @@ class MachineHandler:
                 new_derp = int((merged.get("NetInfo") or {}).get("PreferredDERP") or 0)
                 if new_derp != old_derp:
                     patched.add("DERPRegion")
-                strip = lambda h: {k: v for k, v in h.items() if k != "NetInfo"}  # noqa: E731
-                if strip(merged) != strip(node.host_info):
+                if _without_netinfo(merged) != _without_netinfo(node.host_info):
                     full_change = True
                     if sorted(merged.get("RoutableIPs") or []) != sorted(node.host_info.get("RoutableIPs") or []):
                         topology = True
@@ -161,3 +160,9 @@ class MachineHandler:
             return self.state.store.nodes.get(new.id, new)
         await self.state.update_soft(new, *changes)
         return new
+
+
+def _without_netinfo(hostinfo: dict[str, Any]) -> dict[str, Any]:
+    """Hostinfo minus NetInfo: what peers must be sent whole when it changes (a NetInfo change
+    alone travels as a DERPRegion patch)."""
+    return {k: v for k, v in hostinfo.items() if k != "NetInfo"}
