@@ -10,9 +10,9 @@ batch and the frame is shared; per-session work is proportional to what changed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,19 +20,17 @@ from headscale_core.config import parse_duration
 from headscale_core.mapper import wire
 from headscale_core.mapper.session import MapSession
 from headscale_core.protocol.mapstream import MapMessageEncoder
+from headscale_core.protocol.wirejson import dumps
 from headscale_core.state.changes import Change, ChangeBatch
 
 if TYPE_CHECKING:
+    from headscale_core.state.model import Node
     from headscale_core.state.service import StateService
 
 log = logging.getLogger(__name__)
 
 
 MAX_WINDOW = 1.0  # the adaptive batching window never exceeds this
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class Mapper:
@@ -48,6 +46,7 @@ class Mapper:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._first_change: float | None = None  # when the oldest change of this batch was emitted
         self._last_apply = 0.0  # seconds the last fan-out took: the next window is at least this
+        self._policy_version = -1  # the compiled policy's version the last fan-out saw
         state.on_change(self.on_change)
 
     # ---- sessions -----------------------------------------------------------------------
@@ -59,10 +58,10 @@ class Mapper:
         if old is not None:
             old.close()
         session = MapSession(node_id, stream, capver=capver, keepalive=self.keepalive)
-        full, peers = self.full_map(node_id)
+        frame, peers, views = self.full_map_frame(node_id)
         session.known_peers = peers
-        session.last_filter = dumps(full.get("PacketFilter"))
-        session.push(self.encode(full, "full"))
+        session.remember(*views)
+        session.push(frame)
         self.sessions[node_id] = session
         return session
 
@@ -75,7 +74,10 @@ class Mapper:
         return False
 
     def encode(self, message: dict[str, Any], kind: str) -> bytes:
-        frame = self.encoder.encode(dumps(message))
+        return self.encode_body(dumps(message), kind)
+
+    def encode_body(self, body: bytes, kind: str) -> bytes:
+        frame = self.encoder.encode(body)
         if self.metrics is not None:
             self.metrics.map_message(kind, len(frame))
         return frame
@@ -83,30 +85,48 @@ class Mapper:
     # ---- full maps ------------------------------------------------------------------------
 
     def full_map(self, node_id: int) -> tuple[dict[str, Any], set[int]]:
+        """The node's full MapResponse as a dict, and its peers."""
+        message, peer_nodes, _ = self._full_map_parts(node_id)
+        if peer_nodes:
+            message["Peers"] = [self.peers.peer(p, node_id) for p in peer_nodes]
+        return message, {p.id for p in peer_nodes}
+
+    def full_map_frame(self, node_id: int) -> tuple[bytes, frozenset[int], tuple[Any, Any, bytes, bytes]]:
+        """The full map framed for the wire, its peers, and the filter/SSH it carries (for the
+        session to compare later batches with). Peers' JSON is spliced in from ``PeerJSON``'s
+        encoded variants, not encoded again for every new session."""
+        message, peer_nodes, views = self._full_map_parts(node_id)
+        body = dumps(message)
+        if peer_nodes:
+            peers = b",".join([self.peers.peer_bytes(p, node_id) for p in peer_nodes])
+            body = b"".join((body[:-1], b',"Peers":[', peers, b"]}"))
+        return self.encode_body(body, "full"), frozenset(p.id for p in peer_nodes), views
+
+    def _full_map_parts(self, node_id: int) -> tuple[dict[str, Any], list[Node], tuple[Any, Any, bytes, bytes]]:
         state = self.state
         node = state.node(node_id)
-        peers = sorted(pid for pid in state.policy.visible_peers(node_id) if pid in state.store.nodes)
-        peer_nodes = [state.store.nodes[pid] for pid in peers]
+        peer_nodes = [state.store.nodes[pid] for pid in sorted(state.policy.visible_peers(node_id))
+                      if pid in state.store.nodes]
         user_ids = {node.user_id} | {p.user_id for p in peer_nodes}
+        packet_filter = state.policy.packet_filter(node_id)
         message: dict[str, Any] = {
             "Node": wire.self_node_json(state, node),
             "DERPMap": state.derp_map,
             "DNSConfig": wire.dns_config(state.config),
             "Domain": state.config.dns.base_domain,
             "CollectServices": False,
-            "PacketFilter": state.policy.packet_filter(node_id),
+            "PacketFilter": packet_filter,
             "UserProfiles": [wire.user_profile(state.store.users.get(uid) if uid else None)
                              for uid in sorted(user_ids, key=lambda u: u or 0)],
             "ControlTime": wire.go_time(datetime.now(UTC)),
         }
-        if peer_nodes:
-            message["Peers"] = [self.peers.peer(p, node_id) for p in peer_nodes]
         ssh = state.policy.ssh_policy(node_id)
         if ssh is not None:
             message["SSHPolicy"] = ssh
         if not state.config.logtail.enabled:
             message["Debug"] = {"DisableLogTail": True}
-        return message, set(peers)
+        views = (packet_filter, ssh, dumps(packet_filter), dumps(ssh) if ssh is not None else b"")
+        return message, peer_nodes, views
 
     # ---- batching -------------------------------------------------------------------------
 
@@ -143,27 +163,42 @@ class Mapper:
                     self.metrics.change_propagated(done - first_change)
 
     def apply(self, batch: ChangeBatch) -> int:
-        """Queue each session's message for ``batch``; the number of sessions that got one."""
+        """Queue each session's message for ``batch``; the number of sessions that got one.
+
+        Under a policy, a viewer's peers, filter and SSH policy are asked again only when the
+        compiled policy moved on; it hands back the very same objects for viewers the change
+        could not reach (see ``policy.incremental``), so those cost an identity check.
+        """
         state = self.state
         reached = 0
         now = wire.go_time(datetime.now(UTC))
         shared: dict[tuple[Any, ...], bytes] = {}
-        policy_changed = batch.policy
+        held: list[Any] = []  # the peer dicts whose identities are in `shared`'s keys
+        policy = state.policy
+        policy.compiled()  # recompile (incrementally) before looking at the version
+        recheck = batch.policy or policy.version != self._policy_version
+        self._policy_version = policy.version
+        allow_all = policy.allow_all
+        nodes = state.store.nodes
         self.peers.forget(batch.removed)
         for session in list(self.sessions.values()):
             viewer = session.node_id
-            if viewer not in state.store.nodes:
+            if viewer not in nodes:
                 session.close()
                 continue
-            if state.policy.allow_all:
+            known = session.known_peers
+            visible: AbstractSet[int]
+            if allow_all:
                 # Everyone sees everyone: no per-session scan of the tailnet, only the delta.
-                visible = (session.known_peers | (batch.changed - {viewer})) - batch.removed
-            elif policy_changed:
-                visible = {pid for pid in state.policy.visible_peers(viewer) if pid in state.store.nodes}
+                visible = (known | (batch.changed - {viewer})) - batch.removed
+            elif recheck:
+                visible = policy.visible_peers_set(viewer)
+                if batch.removed & visible:
+                    visible = visible - batch.removed
             else:
-                visible = session.known_peers
-            removed = sorted((batch.removed & session.known_peers) | (session.known_peers - visible))
-            added = visible - session.known_peers
+                visible = known - batch.removed if batch.removed else known
+            removed = sorted((batch.removed & known) | (known - visible))
+            added = visible - known
             changed = sorted(((batch.changed - {viewer}) & visible) | added)
             patched = sorted(nid for nid in batch.patched if nid in visible and nid not in changed)
             message: dict[str, Any] = {}
@@ -172,41 +207,46 @@ class Mapper:
                 message["PeersRemoved"] = removed
                 key.append(("r", tuple(removed)))
             if changed:
-                nodes = [self.peers.peer(state.store.nodes[nid], viewer) for nid in changed]
-                message["PeersChanged"] = nodes
-                key.append(("c", tuple((n["ID"], tuple(n["AllowedIPs"])) for n in nodes)))
+                peers = [self.peers.peer(nodes[nid], viewer) for nid in changed]
+                held.append(peers)
+                message["PeersChanged"] = peers
+                key.append(("c", tuple(map(id, peers))))
             if patched:
                 message["PeersChangedPatch"] = [
-                    wire.peer_change(state, state.store.nodes[nid], batch.patched[nid]) for nid in patched]
+                    wire.peer_change(state, nodes[nid], batch.patched[nid]) for nid in patched]
                 key.append(("p", tuple(patched)))
             personal = False
             if viewer in batch.self_changed:
-                message["Node"] = wire.self_node_json(state, state.store.nodes[viewer])
+                message["Node"] = wire.self_node_json(state, nodes[viewer])
                 personal = True
-            if policy_changed or viewer in batch.changed:
-                packet_filter = state.policy.packet_filter(viewer)
-                encoded = dumps(packet_filter)
-                if encoded != session.last_filter:
-                    session.last_filter = encoded
-                    message["PacketFilter"] = packet_filter
-                    key.append(("f", encoded))
-                ssh = state.policy.ssh_policy(viewer)
-                ssh_encoded = dumps(ssh)
-                if ssh is not None and ssh_encoded != session.last_ssh:
-                    session.last_ssh = ssh_encoded
-                    message["SSHPolicy"] = ssh
-                    key.append(("s", ssh_encoded))
+            if recheck or viewer in batch.changed:
+                packet_filter = policy.packet_filter(viewer)
+                if packet_filter is not session.filter_seen:
+                    session.filter_seen = packet_filter
+                    encoded = dumps(packet_filter)
+                    if encoded != session.last_filter:
+                        session.last_filter = encoded
+                        message["PacketFilter"] = packet_filter
+                        key.append(("f", encoded))
+                ssh = policy.ssh_policy(viewer)
+                if ssh is not None and ssh is not session.ssh_seen:
+                    session.ssh_seen = ssh
+                    ssh_encoded = dumps(ssh)
+                    if ssh_encoded != session.last_ssh:
+                        session.last_ssh = ssh_encoded
+                        message["SSHPolicy"] = ssh
+                        key.append(("s", ssh_encoded))
             if batch.derp:
                 message["DERPMap"] = state.derp_map
                 key.append("derp")
             if batch.users or added:
-                uids = {state.store.nodes[nid].user_id for nid in changed} | set(batch.users)
+                uids = {nodes[nid].user_id for nid in changed} | set(batch.users)
                 profiles = [wire.user_profile(state.store.users.get(uid) if uid else None)
                             for uid in sorted(u or 0 for u in uids) if not uid or uid in state.store.users]
                 if profiles:
                     message["UserProfiles"] = profiles
                     key.append(("u", tuple(sorted(u or 0 for u in uids))))
-            session.known_peers = visible - set(removed)
+            session.known_peers = visible
             if not message:
                 continue
             message["ControlTime"] = now

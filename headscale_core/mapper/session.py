@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from headscale_core.protocol.mapstream import KEEPALIVE_MESSAGE
@@ -33,12 +34,20 @@ class MapSession:
         self.capver = capver
         self.keepalive = keepalive
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_LIMIT)
-        self.known_peers: set[int] = set()
+        self.known_peers: AbstractSet[int] = frozenset()
+        # The filter and SSH policy the client holds: the objects the policy handed out (an
+        # identity check says "unchanged") and their encodings (equal bytes say the same).
+        self.filter_seen: Any = None
+        self.ssh_seen: Any = None
         self.last_filter: bytes = b""
         self.last_ssh: bytes = b""
         self.closed = asyncio.Event()
         self.messages_sent = 0
         self.bytes_sent = 0
+
+    def remember(self, packet_filter: Any, ssh: Any, filter_encoded: bytes, ssh_encoded: bytes) -> None:
+        self.filter_seen, self.ssh_seen = packet_filter, ssh
+        self.last_filter, self.last_ssh = filter_encoded, ssh_encoded
 
     def push(self, frame: bytes) -> None:
         if self.closed.is_set():

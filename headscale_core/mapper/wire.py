@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from headscale_core.protocol.wirejson import dumps
 from headscale_core.state.model import TAGGED_DEVICES_USER_ID, TAGGED_DEVICES_USER_NAME, Node, User
 
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ def self_node_json(state: StateService, node: Node) -> dict[str, Any]:
 
 class PeerJSON:
     """Peers' ``tailcfg.Node`` JSON, built once per node version and shared by every viewer,
-    batch and full map; only the AllowedIPs/PrimaryRoutes variant differs per viewer.
+    batch and full map; only the AllowedIPs/PrimaryRoutes variant differs per viewer. Each
+    variant is also kept encoded, so a full map splices the bytes instead of re-encoding peers.
 
     An entry is reused while the node object (frozen, replaced on every change), its online
     state and its expiry verdict are the same. The dicts handed out are shared: callers must
@@ -98,25 +100,35 @@ class PeerJSON:
 
     def __init__(self, state: StateService) -> None:
         self.state = state
-        self._entries: dict[int, tuple[Node, bool, bool, dict[str, Any], dict[Any, dict[str, Any]]]] = {}
+        self._entries: dict[int, tuple[Node, bool, bool, dict[str, Any], dict[Any, list[Any]]]] = {}
 
-    def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
+    def _variant(self, node: Node, viewer_id: int) -> list[Any]:
         policy = self.state.policy
         online, expired = node.id in self.state.store.online, is_expired(node)
         entry = self._entries.get(node.id)
         if entry is None or entry[0] is not node or entry[1] != online or entry[2] != expired:
             entry = (node, online, expired, node_base(self.state, node, online=online, expired=expired), {})
             self._entries[node.id] = entry
-        allowed = tuple(policy.peer_allowed_ips(viewer_id, node))
-        primaries = tuple(policy.primary_routes(node))
+        allowed = policy.peer_allowed_ips(viewer_id, node)
+        primaries = policy.primary_routes(node)
+        key = (tuple(allowed), tuple(primaries)) if primaries else tuple(allowed)
         variants = entry[4]
-        out = variants.get((allowed, primaries))
-        if out is None:
+        variant = variants.get(key)
+        if variant is None:
             out = dict(entry[3], AllowedIPs=list(allowed))
             if primaries:
                 out["PrimaryRoutes"] = list(primaries)
-            variants[(allowed, primaries)] = out
-        return out
+            variant = variants[key] = [out, None]
+        return variant
+
+    def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
+        return self._variant(node, viewer_id)[0]  # type: ignore[no-any-return]
+
+    def peer_bytes(self, node: Node, viewer_id: int) -> bytes:
+        variant = self._variant(node, viewer_id)
+        if variant[1] is None:
+            variant[1] = dumps(variant[0])
+        return variant[1]  # type: ignore[no-any-return]
 
     def forget(self, node_ids: Iterable[int]) -> None:
         for node_id in node_ids:

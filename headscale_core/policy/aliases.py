@@ -64,30 +64,45 @@ class Resolver:
         self._ip_index: dict[IPAddress, int] | None = None
         self._exit_nodes: frozenset[int] | None = None
         self._sorted_ips: list[tuple[int, int, int]] | None = None
+        self._matching: dict[tuple[Resolved, bool], frozenset[int]] = {}
 
     def with_node(self, node: PolicyNode) -> Resolver:
         """A copy for the tailnet with `node` added or replaced; untouched indexes are shared."""
+        return self.with_nodes([node])
+
+    def with_nodes(self, nodes: Sequence[PolicyNode]) -> Resolver:
+        """A copy for the tailnet with `nodes` added or replaced; untouched indexes are shared."""
         new = copy.copy(self)
-        old = self.nodes.get(node.id)
-        new.nodes = {**self.nodes, node.id: node}
-        new.node_nets = {**self.node_nets, node.id: tuple(parse_network(a) for a in node.addresses)}
+        new.nodes = dict(self.nodes)
+        new.node_nets = dict(self.node_nets)
+        new.routes = dict(self.routes)
         new._user_nodes = {u: set(ids) for u, ids in self._user_nodes.items()}
         new._tag_nodes = {t: set(ids) for t, ids in self._tag_nodes.items()}
+        changed = {node.id for node in nodes}
         for index in (new._user_nodes, new._tag_nodes):
             for ids in index.values():
-                ids.discard(node.id)
-        if node.tags:
-            for tag in node.tags:
-                new._tag_nodes.setdefault(tag, set()).add(node.id)
-        elif node.user_id is not None:
-            new._user_nodes.setdefault(node.user_id, set()).add(node.id)
-        new.routes = dict(self.routes)
-        approved = set(node.approved_routes) | set(auto_approved(node, node.advertised_routes, new))
-        new.routes[node.id] = tuple(parse_network(r) for r in node.advertised_routes if r in approved)
+                ids -= changed
+        moved = rerouted = False
+        for node in nodes:
+            old = self.nodes.get(node.id)
+            new.nodes[node.id] = node
+            new.node_nets[node.id] = tuple(parse_network(a) for a in node.addresses)
+            if node.tags:
+                for tag in node.tags:
+                    new._tag_nodes.setdefault(tag, set()).add(node.id)
+            elif node.user_id is not None:
+                new._user_nodes.setdefault(node.user_id, set()).add(node.id)
+            moved = moved or old is None or old.addresses != node.addresses
         new._cache = {}
-        if old is None or old.addresses != node.addresses:
+        new._matching = {}
+        # autoApprovers may name tags and users, so routes are approved once every index is current.
+        for node in nodes:
+            approved = set(node.approved_routes) | set(auto_approved(node, node.advertised_routes, new))
+            new.routes[node.id] = tuple(parse_network(r) for r in node.advertised_routes if r in approved)
+            rerouted = rerouted or new.routes[node.id] != self.routes.get(node.id, ())
+        if moved:
             new._ip_index = new._sorted_ips = None
-        if new.routes[node.id] != self.routes.get(node.id):
+        if rerouted:
             new._exit_nodes = None
         return new
 
@@ -176,6 +191,13 @@ class Resolver:
 
     def matching_nodes(self, resolved: Resolved, as_source: bool = False) -> frozenset[int]:
         """All nodes `node_matches` (or, for a source, `node_in_src`) accepts, found by index."""
+        key = (resolved, as_source)
+        cached = self._matching.get(key)
+        if cached is None:
+            cached = self._matching[key] = self._matching_nodes(resolved, as_source)
+        return cached
+
+    def _matching_nodes(self, resolved: Resolved, as_source: bool) -> frozenset[int]:
         if resolved.star or resolved.danger_all:
             return frozenset(self.nodes)
         out = set(resolved.nodes)

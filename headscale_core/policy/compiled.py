@@ -12,7 +12,7 @@ from typing import Any
 
 from .aliases import Resolved, Resolver
 from .filter import PreparedRule, node_filter_rules, prepare, self_sources
-from .incremental import with_node_changed
+from .incremental import with_nodes_changed
 from .ipset import IPNetwork, is_exit_route, parse_network
 from .model import Explanation, PolicyNode, PolicyUser
 from .nodeattrs import DISABLE_IPV4, node_capmap
@@ -42,13 +42,18 @@ class CompiledPolicy:
         self._filters: dict[int, list[dict[str, Any]]] = {}
         self._peers: dict[int, frozenset[int]] = {}
         self._capmaps: dict[int, dict[str, list[Any]]] = {}
+        self._addresses: dict[tuple[int, bool], list[str]] = {}
 
     def with_node_changed(self, node: PolicyNode) -> CompiledPolicy:
         """A recompiled copy after one node's tags, user, addresses or routes changed (or it joined).
 
         Only the rules and nodes the change can reach are recomputed; see `incremental`.
         """
-        return with_node_changed(self, node)
+        return with_nodes_changed(self, [node])
+
+    def with_nodes_changed(self, nodes: Sequence[PolicyNode]) -> CompiledPolicy:
+        """`with_node_changed` for several nodes at once (a batch of registrations)."""
+        return with_nodes_changed(self, nodes)
 
     def packet_filter(self, node_id: int) -> list[dict[str, Any]]:
         if self.allow_all:
@@ -123,10 +128,26 @@ class CompiledPolicy:
             self._capmaps[node_id] = cached
         return cached
 
+    @cached_property
+    def _disables_ipv4(self) -> bool:
+        return self.policy is not None and any(DISABLE_IPV4 in entry.attrs for entry in self.policy.node_attrs)
+
+    def _address_strings(self, peer_id: int, no_v4: bool) -> list[str]:
+        out = self._addresses.get((peer_id, no_v4))
+        if out is None:
+            out = self._addresses[peer_id, no_v4] = [
+                str(n) for n in self.resolver.node_nets[peer_id] if not (no_v4 and n.version == 4)]
+        return out
+
     def peer_allowed_ips(self, viewer_id: int, peer_id: int) -> list[str]:
+        """The peer's AllowedIPs as `viewer_id` sees them. Shared between calls: do not modify."""
         # A node with disable-ipv4 has no IPv4 tailnet address, to its peers and in its own view.
-        no_v4 = DISABLE_IPV4 in self.capmap(peer_id) or DISABLE_IPV4 in self.capmap(viewer_id)
-        out = [str(n) for n in self.resolver.node_nets[peer_id] if not (no_v4 and n.version == 4)]
+        no_v4 = self._disables_ipv4 and (
+            DISABLE_IPV4 in self.capmap(peer_id) or DISABLE_IPV4 in self.capmap(viewer_id))
+        addresses = self._address_strings(peer_id, no_v4)
+        if not self.resolver.routes[peer_id]:  # no routes: only its addresses, for every viewer
+            return addresses
+        out = list(addresses)
         primaries = [parse_network(p) for p in self.primary_routes(peer_id)]
         exits = [r for r in self.resolver.routes[peer_id] if is_exit_route(r)]
         steered = via_routes(self.prepared, self.resolver, viewer_id, peer_id) if not self.allow_all else None
@@ -153,11 +174,20 @@ class CompiledPolicy:
                 return True
         return False
 
+    @cached_property
+    def _ssh(self) -> dict[int, dict[str, Any]]:
+        return {}
+
     def ssh_policy(self, node_id: int) -> dict[str, Any] | None:
-        """The node's SSHPolicy; `None` without a policy (Tailscale SSH is then not configured)."""
+        """The node's SSHPolicy; `None` without a policy (Tailscale SSH is then not configured).
+        Computed once per topology; shared between calls: do not modify."""
         if self.policy is None:
             return None
-        return node_ssh_policy(node_id, self.policy.ssh, self.resolver, self.ssh_check_url)
+        cached = self._ssh.get(node_id)
+        if cached is None:
+            cached = self._ssh[node_id] = node_ssh_policy(node_id, self.policy.ssh, self.resolver,
+                                                         self.ssh_check_url)
+        return cached
 
     def auto_approved_routes(self, node: PolicyNode, routes: Sequence[str]) -> list[str]:
         """Which of `routes` (advertised by `node`) the policy's autoApprovers approve."""

@@ -1,14 +1,18 @@
-"""Recompiling after one node changed (tags, user, addresses, routes), reusing what it cannot touch.
+"""Recompiling after nodes joined or changed (tags, user, addresses, routes), reusing what they
+cannot touch.
 
-A rule is re-resolved only when one of its aliases now resolves differently (or, when the node's
+A rule is re-resolved only when one of its aliases now resolves differently (or, when a node's
 addresses or routes moved, when it names addresses at all). A node's cached filter or peer set is
 dropped only when it is a source or destination of such a rule before or after the change, or
-shares a user with the changed node; every other node keeps its cached answers.
+shares a user with a changed node; every other node keeps its cached answers, the very same
+objects, so a caller can tell "unchanged" by identity. A registration storm is one call per batch:
+the new nodes join together.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .aliases import Resolved, Resolver
@@ -19,38 +23,48 @@ if TYPE_CHECKING:
     from .compiled import CompiledPolicy
 
 Edge = tuple[frozenset[int], frozenset[int], PreparedRule]
+# Per-topology caches that are recomputed on first use after any change.
+DERIVED = ("_edges", "_primaries", "_ssh")
 
 
-def with_node_changed(old: CompiledPolicy, node: PolicyNode) -> CompiledPolicy:
-    before = old.resolver.nodes.get(node.id)
+def with_nodes_changed(old: CompiledPolicy, nodes: Sequence[PolicyNode]) -> CompiledPolicy:
+    latest = {node.id: node for node in nodes}  # a node named twice: its last version counts
+    nodes = list(latest.values())
+    befores = {node.id: old.resolver.nodes.get(node.id) for node in nodes}
     new = copy.copy(old)
-    new.nodes = tuple(node if n.id == node.id else n for n in old.nodes)
-    if before is None:
-        new.nodes += (node,)
-    new.resolver = resolver = old.resolver.with_node(node)
-    for cached in ("_edges", "_primaries"):
+    new.nodes = tuple(latest.get(n.id, n) for n in old.nodes) + tuple(
+        n for n in nodes if befores[n.id] is None)
+    new.resolver = resolver = old.resolver.with_nodes(nodes)
+    for cached in DERIVED:
         new.__dict__.pop(cached, None)
-    new._capmaps = {nid: caps for nid, caps in old._capmaps.items() if nid != node.id}
+    ids = frozenset(latest)
     old_edges: list[Edge] | None = old.__dict__.get("_edges")
-    if before is None or old_edges is None:
-        # A new node can fall under "*" and every autogroup: start afresh.
+    if old_edges is None:
         new.prepared = [prepare(rule.rule, resolver) for rule in old.prepared]
-        new._filters, new._peers = {}, {}
+        new._filters, new._peers, new._capmaps, new._addresses = {}, {}, {}, {}
         return new
 
-    changed = _changed_rules(old, resolver, before, node)
+    verdict = _alias_verdicts(old, resolver, befores, nodes)
+    changed = {i for i, rule in enumerate(old.prepared)
+               if any(verdict(a) for a in (*rule.rule.srcs, *rule.rule.dsts))
+               or (rule.via and _via_moved(old, resolver, befores, nodes))}
     new.prepared = [prepare(rule.rule, resolver) if i in changed else rule for i, rule in enumerate(old.prepared)]
     edges = list(old_edges)
     for i in changed:
         edges[i] = new.edges_of(new.prepared[i])
     new.__dict__["_edges"] = edges
 
-    stale = {node.id}
-    same_user = _user_nodes(old.resolver, before) | _user_nodes(resolver, node)
-    # autogroup:self is resolved per node from its user's devices, which no alias text shows.
-    if any(rule.self_dst for rule in old.prepared) and (
-            (before.tags, before.user_id, before.addresses) != (node.tags, node.user_id, node.addresses)):
-        stale |= same_user
+    same_user: set[int] = set()  # the changed nodes' users' devices, before and after
+    stale: set[int] = set(ids)
+    self_dst = any(rule.self_dst for rule in old.prepared)
+    for node in nodes:
+        before = befores[node.id]
+        users = _user_nodes(resolver, node) | (_user_nodes(old.resolver, before) if before else frozenset())
+        same_user |= users
+        # autogroup:self is resolved per node from its user's devices, which no alias text shows.
+        if self_dst and (before is None or (before.tags, before.user_id, before.addresses)
+                         != (node.tags, node.user_id, node.addresses)):
+            stale |= users
     stale_filters, stale_peers = set(stale), set(stale)
     for i in changed:
         for srcs, dsts, rule in (old_edges[i], edges[i]):
@@ -63,28 +77,40 @@ def with_node_changed(old: CompiledPolicy, node: PolicyNode) -> CompiledPolicy:
                 stale_peers |= same_user
     new._filters = {nid: rules for nid, rules in old._filters.items() if nid not in stale_filters}
     new._peers = {nid: peers for nid, peers in old._peers.items() if nid not in stale_peers}
+    new._addresses = {key: value for key, value in old._addresses.items() if key[0] not in ids}
+    policy = old.policy
+    attrs_moved = policy is not None and any(verdict(t) for entry in policy.node_attrs for t in entry.targets)
+    new._capmaps = {} if attrs_moved else {nid: caps for nid, caps in old._capmaps.items() if nid not in ids}
     return new
 
 
-def _changed_rules(old: CompiledPolicy, resolver: Resolver, before: PolicyNode, after: PolicyNode) -> set[int]:
-    moved = before.addresses != after.addresses
-    rerouted = old.resolver.routes[after.id] != resolver.routes[after.id]
-    retagged = set(before.tags) ^ set(after.tags)
-    verdict: dict[str, bool] = {}
+def _alias_verdicts(old: CompiledPolicy, resolver: Resolver, befores: dict[int, PolicyNode | None],
+                    nodes: Sequence[PolicyNode]):  # type: ignore[no-untyped-def]
+    """``verdict(alias)``: may the alias name something else after the change?"""
+    moved = {n.id for n in nodes if befores[n.id] is None or befores[n.id].addresses != n.addresses}  # type: ignore[union-attr]
+    rerouted = any(old.resolver.routes.get(n.id, ()) != resolver.routes[n.id] for n in nodes)
+    verdicts: dict[str, bool] = {}
 
-    def alias_changed(alias: str) -> bool:
-        if alias not in verdict:
+    def verdict(alias: str) -> bool:
+        if alias not in verdicts:
             was, now = old.resolver.resolve(alias), resolver.resolve(alias)
-            verdict[alias] = was != now or (moved and after.id in was.nodes | now.nodes) or (
-                (rerouted or moved) and _names_addresses(now))
-        return verdict[alias]
+            verdicts[alias] = was != now or bool(moved & (was.nodes | now.nodes)) or (
+                (rerouted or bool(moved)) and _names_addresses(now))
+        return verdicts[alias]
 
-    changed = set()
-    for i, rule in enumerate(old.prepared):
-        aliases = (*rule.rule.srcs, *rule.rule.dsts)
-        if any(alias_changed(a) for a in aliases) or (rule.via and (retagged or rerouted)):
-            changed.add(i)
-    return changed
+    return verdict
+
+
+def _via_moved(old: CompiledPolicy, resolver: Resolver, befores: dict[int, PolicyNode | None],
+               nodes: Sequence[PolicyNode]) -> bool:
+    """Can a via grant steer differently: some node's tags or routes changed?"""
+    for node in nodes:
+        before = befores[node.id]
+        if (set(before.tags) if before else set()) ^ set(node.tags):
+            return True
+        if old.resolver.routes.get(node.id, ()) != resolver.routes[node.id]:
+            return True
+    return False
 
 
 def _names_addresses(resolved: Resolved) -> bool:

@@ -12,8 +12,9 @@ from typing import Any
 
 from headscale_core.errors import HeadscaleError, InvalidRequest
 from headscale_core.events import request_source
-from headscale_core.mapper.batcher import Mapper, dumps
+from headscale_core.mapper.batcher import Mapper
 from headscale_core.protocol.keys import is_zero
+from headscale_core.protocol.wirejson import dumps
 from headscale_core.server.h2session import MachineRequest, ResponseStream, StreamClosed
 from headscale_core.state.auth import Registrar
 from headscale_core.state.changes import Change, NodeChanged, NodePatched
@@ -92,8 +93,8 @@ class MachineHandler:
             if body.get("OmitPeers"):
                 await resp.respond(200, b"")
                 return
-            full, _ = self.mapper.full_map(node.id)
-            await resp.respond(200, self.mapper.encode(full, "full"))
+            frame, _, _ = self.mapper.full_map_frame(node.id)
+            await resp.respond(200, frame)
             return
         await resp.send_headers(200, JSON_HEADERS)
         session = self.mapper.open_session(node.id, resp, capver=int(body.get("Version") or req.capver))

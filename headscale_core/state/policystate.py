@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from headscale_core.errors import InvalidRequest
@@ -23,7 +24,7 @@ from headscale_core.policy import (
     parse_policy,
 )
 from headscale_core.policy.tests import run_policy_tests
-from headscale_core.state.changes import Change, NodeChanged, NodePatched, NodeRemoved
+from headscale_core.state.changes import Change, NodeChanged, NodePatched, NodeRemoved, UserChanged
 from headscale_core.state.model import Node
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class PolicyState:
         self._policy: Any = None
         self._compiled: CompiledPolicy | None = None
         self._stale = True
+        self._dirty: dict[int, None] = {}  # nodes whose topology changed since the last compile
         self._primaries: dict[str, int] | None = None
         self.version = 0
 
@@ -106,12 +108,16 @@ class PolicyState:
             raise InvalidRequest("the policy's own tests fail: " + "; ".join(failures))
 
     def note_changes(self, changes: Iterable[Change]) -> None:
+        """Joined or changed nodes are recompiled incrementally on next use; a removal or a user
+        change (names and groups are in aliases) recompiles everything."""
         for change in changes:
             if isinstance(change, NodeChanged | NodeRemoved) or (
                     isinstance(change, NodePatched) and "Online" in change.fields):
                 self._primaries = None
-            if isinstance(change, NodeRemoved) or (isinstance(change, NodeChanged) and change.topology):
+            if isinstance(change, NodeRemoved | UserChanged):
                 self._stale = True
+            elif isinstance(change, NodeChanged) and change.topology:
+                self._dirty[change.node_id] = None
 
     @property
     def allow_all(self) -> bool:
@@ -120,8 +126,16 @@ class PolicyState:
     def compiled(self) -> CompiledPolicy | None:
         if self._policy is None:
             return None
+        store = self.state.store
+        dirty, self._dirty = self._dirty, {}
+        if dirty and not self._stale and self._compiled is not None:
+            if all(nid in store.nodes for nid in dirty):
+                changed = [policy_node(store.nodes[nid], nid in store.online) for nid in dirty]
+                self._compiled = self._compiled.with_nodes_changed(changed)
+                self.version += 1
+            else:
+                self._stale = True
         if self._stale or self._compiled is None:
-            store = self.state.store
             users = [PolicyUser(id=u.id, name=u.name, email=u.email, groups=u.groups) for u in store.users.values()]
             nodes = [policy_node(n, n.id in store.online) for n in store.nodes.values()]
             self._compiled = compile_policy(self._policy, users, nodes)
@@ -137,6 +151,14 @@ class PolicyState:
             return (nid for nid in self.state.store.nodes if nid != node_id)
         return compiled.visible_peers(node_id)
 
+    def visible_peers_set(self, node_id: int) -> AbstractSet[int]:
+        """``visible_peers`` as a set the compiled policy shares (the same object while the
+        node's peers cannot have changed): do not modify."""
+        compiled = self.compiled()
+        if compiled is None:
+            return frozenset(self.state.store.nodes) - {node_id}
+        return compiled.visible_peers(node_id)
+
     def packet_filter(self, node_id: int) -> list[dict[str, Any]]:
         compiled = self.compiled()
         return ALLOW_ALL if compiled is None else compiled.packet_filter(node_id)
@@ -149,12 +171,16 @@ class PolicyState:
         compiled = self.compiled()
         if compiled is not None:
             return compiled.peer_allowed_ips(viewer_id, peer.id)
+        if not peer.approved_routes:
+            return peer.addresses
         return peer.addresses + self.routes_in_use(peer)
 
     def primary_routes(self, peer: Node) -> list[str]:
         compiled = self.compiled()
         if compiled is not None:
             return compiled.primary_routes(peer.id)
+        if not peer.approved_routes:
+            return []
         return [r for r in self.routes_in_use(peer) if r not in EXIT_ROUTES and self._is_primary(peer, r)]
 
     def routes_in_use(self, node: Node) -> list[str]:
