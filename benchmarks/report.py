@@ -91,7 +91,7 @@ def versions(kinds: list[str], args_revision: str = "") -> dict[str, str]:
     out = {"headscale-core": f"{sha.stdout.strip()}"}
     if args_revision:
         out["headscale-core-revision-measured"] = args_revision
-    for name in ("aiohttp", "h2", "cryptography", "zstandard", "orjson", "uvloop"):
+    for name in ("aiohttp", "h2", "cryptography", "zstandard", "orjson", "msgspec", "uvloop"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

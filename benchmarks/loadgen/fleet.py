@@ -13,16 +13,21 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import zstandard
 
 from benchmarks.loadgen.node import SimNode
-from benchmarks.loadgen.peertable import Peer
+from benchmarks.loadgen.peertable import MapMessage, Peer, decode_message
 from headscale_core.testing.tsclient import fetch_server_key
 
 # Frames below this size are applied on arrival: deltas cost microseconds to decode.
 INLINE_FRAME_BYTES = 8192
 DEFAULT_CONCURRENCY = 64
+# Large frames wait while others are still arriving (reading them is what is timed), unless
+# this many bytes are waiting.
+BACKLOG_LIMIT = 512 << 20
+QUIET_SECONDS = 0.002
+# Decoded messages kept by frame: a server shares one frame among a batch's recipients.
+DECODED_CACHE = 32
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Fleet:
         self._applier: asyncio.Task[None] | None = None
         self._decompressor = zstandard.ZstdDecompressor()
         self._watches: dict[int, list[Watch]] = {}
+        self._decoded: dict[bytes, MapMessage] = {}
+        self._last_arrival = 0.0
+        self._backlog = 0
 
     @classmethod
     def generate(cls, url: str, count: int, seed: int = 1, prefix: str = "sim") -> Fleet:
@@ -109,12 +117,14 @@ class Fleet:
 
     def deliver(self, node: SimNode, arrived: float, frame: bytes) -> None:
         node.messages += 1
+        self._last_arrival = arrived
         if node.first_map_at is None:
             node.first_map_at = arrived
         if not node.pending and len(frame) < INLINE_FRAME_BYTES:
             self._apply(node, arrived, frame)
             return
         node.pending.append((arrived, frame))
+        self._backlog += len(frame)
         if not node.queued:
             node.queued = True
             self._ready.append(node)
@@ -125,8 +135,13 @@ class Fleet:
             await self._work.wait()
             self._work.clear()
             while self._ready:
+                # Readers first: while frames are still arriving, decoding waits (bounded).
+                if time.perf_counter() - self._last_arrival < QUIET_SECONDS and self._backlog < BACKLOG_LIMIT:
+                    await asyncio.sleep(QUIET_SECONDS)
+                    continue
                 node = self._ready.popleft()
                 arrived, frame = node.pending.popleft()
+                self._backlog -= len(frame)
                 try:
                     self._apply(node, arrived, frame)
                 except Exception as exc:  # a bad message spoils one node's table, not the applier
@@ -137,20 +152,31 @@ class Fleet:
                     node.queued = False
                 await asyncio.sleep(0)  # let readers timestamp what has arrived meanwhile
 
+    def _decode(self, frame: bytes) -> MapMessage:
+        """The message of ``frame``, decoded once for all recipients of the same frame (the
+        decoded message is shared: appliers must not modify it)."""
+        message = self._decoded.get(frame)
+        if message is None:
+            decompressor = self._decompressor.decompressobj()  # Go's frames may omit the content size
+            message = decode_message(decompressor.decompress(frame))
+            if len(self._decoded) >= DECODED_CACHE:
+                del self._decoded[next(iter(self._decoded))]
+            self._decoded[frame] = message
+        return message
+
     def _apply(self, node: SimNode, arrived: float, frame: bytes) -> None:
-        decompressor = self._decompressor.decompressobj()  # Go's frames may omit the content size
-        message = orjson.loads(decompressor.decompress(frame))
-        if message.get("KeepAlive") and len(message) == 1:
+        message = self._decode(frame)
+        if message.KeepAlive:  # tailscaled ignores the rest of a keep-alive message
             node.keepalives += 1
             return
-        own = message.get("Node")
+        own = message.Node
         if own is not None:
-            if own.get("Key") != node.node_key:  # the server sent another node's map on this stream
+            if own.Key != node.node_key:  # the server sent another node's map on this stream
                 node.wrong_self += 1
-                node.error = f"received the map of node {own.get('ID')} ({own.get('Key', '')[:16]}…)"
+                node.error = f"received the map of node {own.ID} ({own.Key[:16]}…)"
                 return
             if node.node_id is None:
-                node.node_id = int(own["ID"])
+                node.node_id = own.ID
         touched = node.table.apply(message)
         if not self._watches:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
@@ -25,6 +26,8 @@ class Stream(Protocol):
     closed: asyncio.Event
 
     async def send_data(self, data: bytes) -> None: ...
+
+    def try_send_nowait(self, data: bytes) -> bool: ...
 
 
 class MapSession:
@@ -44,14 +47,29 @@ class MapSession:
         self.closed = asyncio.Event()
         self.messages_sent = 0
         self.bytes_sent = 0
+        self._last_sent = 0.0
+        self._sending = False  # run() is inside send_data: later frames queue behind it
+        self._timer: asyncio.TimerHandle | None = None
 
     def remember(self, packet_filter: Any, ssh: Any, filter_encoded: bytes, ssh_encoded: bytes) -> None:
         self.filter_seen, self.ssh_seen = packet_filter, ssh
         self.last_filter, self.last_ssh = filter_encoded, ssh_encoded
 
     def push(self, frame: bytes) -> None:
+        """Send ``frame`` now when nothing is ahead of it and the stream takes it whole (the
+        common case: no task switch); otherwise queue it for ``run``."""
         if self.closed.is_set():
             return
+        if not self._sending and self.queue.empty():
+            try:
+                sent = self.stream.try_send_nowait(frame)
+            except Exception as exc:  # StreamClosed and the like: the client is gone
+                log.debug("map session of node %s: stream gone while sending: %s", self.node_id, exc)
+                self.close()
+                return
+            if sent:
+                self._sent(frame)
+                return
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
@@ -67,28 +85,44 @@ class MapSession:
             except asyncio.QueueFull:
                 pass
 
+    def _sent(self, frame: bytes) -> None:
+        self._last_sent = time.monotonic()
+        self.messages_sent += 1
+        self.bytes_sent += len(frame)
+
+    def _jitter(self) -> float:
+        return random.uniform(0, min(9.0, self.keepalive / 5))
+
     async def run(self) -> None:
-        """Write queued frames and keep-alives until the client leaves or the session closes."""
+        """Write queued frames until the client leaves or the session closes; a keep-alive goes
+        out when nothing else has for ``keepalive`` seconds.
+
+        One timer per session and keep-alive interval, not one per frame: a storm fans a frame
+        out to every session, and per-frame timers and waiter tasks would double its cost.
+        """
+        loop = asyncio.get_running_loop()
+        self._last_sent = time.monotonic()
+
+        def keepalive_due() -> None:
+            idle = time.monotonic() - self._last_sent
+            if idle >= self.keepalive:
+                self.push(KEEPALIVE_MESSAGE)
+                idle = 0.0
+            self._timer = loop.call_later(self.keepalive - idle + self._jitter(), keepalive_due)
+
+        self._timer = loop.call_later(self.keepalive + self._jitter(), keepalive_due)
         stream_gone = asyncio.ensure_future(self.stream.closed.wait())
+        stream_gone.add_done_callback(lambda _: self.close())
         try:
             while not self.closed.is_set():
-                timeout = self.keepalive + random.uniform(0, 9)
-                getter: asyncio.Future[Any] = asyncio.ensure_future(self.queue.get())
-                done, _ = await asyncio.wait({getter, stream_gone}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if stream_gone in done:
-                    getter.cancel()
+                frame = await self.queue.get()
+                if frame is None or self.stream.closed.is_set():
                     break
-                if getter in done:
-                    frame = getter.result()
-                    if frame is None:
-                        break
-                else:
-                    getter.cancel()
-                    frame = KEEPALIVE_MESSAGE
+                self._sending = True
                 await self.stream.send_data(frame)
-                self.messages_sent += 1
-                self.bytes_sent += len(frame)
+                self._sending = False
+                self._sent(frame)
         finally:
+            self._timer.cancel()
             stream_gone.cancel()
             self.closed.set()

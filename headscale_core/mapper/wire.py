@@ -100,26 +100,23 @@ class PeerJSON:
 
     def __init__(self, state: StateService) -> None:
         self.state = state
-        self._entries: dict[int, tuple[Node, bool, bool, dict[str, Any], dict[Any, list[Any]]]] = {}
+        self._entries: dict[int, _PeerEntry] = {}
 
     def _variant(self, node: Node, viewer_id: int) -> list[Any]:
         policy = self.state.policy
         online, expired = node.id in self.state.store.online, is_expired(node)
         entry = self._entries.get(node.id)
-        if entry is None or entry[0] is not node or entry[1] != online or entry[2] != expired:
-            entry = (node, online, expired, node_base(self.state, node, online=online, expired=expired), {})
-            self._entries[node.id] = entry
-        allowed = policy.peer_allowed_ips(viewer_id, node)
-        primaries = policy.primary_routes(node)
-        key = (tuple(allowed), tuple(primaries)) if primaries else tuple(allowed)
-        variants = entry[4]
-        variant = variants.get(key)
-        if variant is None:
-            out = dict(entry[3], AllowedIPs=list(allowed))
-            if primaries:
-                out["PrimaryRoutes"] = list(primaries)
-            variant = variants[key] = [out, None]
-        return variant
+        if entry is None or entry.node is not node or entry.online != online or entry.expired != expired:
+            entry = self._entries[node.id] = _PeerEntry(
+                node, online, expired, node_base(self.state, node, online=online, expired=expired))
+        # Most peers look alike to every viewer (no routes): one lookup per policy version.
+        if entry.uniform_version != policy.version:
+            uniform = policy.uniform_peer_ips(node)
+            entry.uniform = None if uniform is None else entry.variant(tuple(uniform), ())
+            entry.uniform_version = policy.version
+        if entry.uniform is not None:
+            return entry.uniform
+        return entry.variant(tuple(policy.peer_allowed_ips(viewer_id, node)), tuple(policy.primary_routes(node)))
 
     def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
         return self._variant(node, viewer_id)[0]  # type: ignore[no-any-return]
@@ -133,6 +130,28 @@ class PeerJSON:
     def forget(self, node_ids: Iterable[int]) -> None:
         for node_id in node_ids:
             self._entries.pop(node_id, None)
+
+
+class _PeerEntry:
+    """One node version's viewer-independent JSON and its per-viewer variants
+    (``[dict, encoded bytes or None]`` by AllowedIPs and PrimaryRoutes)."""
+
+    __slots__ = ("node", "online", "expired", "base", "variants", "uniform", "uniform_version")
+
+    def __init__(self, node: Node, online: bool, expired: bool, base: dict[str, Any]) -> None:
+        self.node, self.online, self.expired, self.base = node, online, expired, base
+        self.variants: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = {}
+        self.uniform: list[Any] | None = None
+        self.uniform_version = -1
+
+    def variant(self, allowed: tuple[str, ...], primaries: tuple[str, ...]) -> list[Any]:
+        found = self.variants.get((allowed, primaries))
+        if found is None:
+            out = dict(self.base, AllowedIPs=list(allowed))
+            if primaries:
+                out["PrimaryRoutes"] = list(primaries)
+            found = self.variants[allowed, primaries] = [out, None]
+        return found
 
 
 def peer_change(state: StateService, node: Node, fields: set[str] | frozenset[str]) -> dict[str, Any]:

@@ -139,6 +139,13 @@ class CompiledPolicy:
                 str(n) for n in self.resolver.node_nets[peer_id] if not (no_v4 and n.version == 4)]
         return out
 
+    def uniform_allowed_ips(self, peer_id: int) -> list[str] | None:
+        """The peer's AllowedIPs when they are the same for every viewer (no routes, no
+        disable-ipv4 anywhere), else None. Shared: do not modify."""
+        if self._disables_ipv4 or self.resolver.routes[peer_id]:
+            return None
+        return self._address_strings(peer_id, False)
+
     def peer_allowed_ips(self, viewer_id: int, peer_id: int) -> list[str]:
         """The peer's AllowedIPs as `viewer_id` sees them. Shared between calls: do not modify."""
         # A node with disable-ipv4 has no IPv4 tailnet address, to its peers and in its own view.

@@ -94,6 +94,7 @@ class PolicyState:
         self._policy = policy
         self.text = text if policy is not None else None
         self._stale = True
+        self.version += 1
 
     def check_tests(self, policy: Any) -> None:
         """Refuse a policy whose own ``tests``/``sshTests`` fail on the current tailnet, as
@@ -174,6 +175,14 @@ class PolicyState:
         if not peer.approved_routes:
             return peer.addresses
         return peer.addresses + self.routes_in_use(peer)
+
+    def uniform_peer_ips(self, peer: Node) -> list[str] | None:
+        """The peer's AllowedIPs when every viewer sees the same (it serves no routes and no
+        attribute hides addresses), else None. Valid for the current ``version``."""
+        compiled = self.compiled()
+        if compiled is not None:
+            return compiled.uniform_allowed_ips(peer.id)
+        return None if peer.approved_routes else peer.addresses
 
     def primary_routes(self, peer: Node) -> list[str]:
         compiled = self.compiled()

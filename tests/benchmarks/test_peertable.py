@@ -39,7 +39,7 @@ def test_first_map_without_peers_leaves_an_empty_table() -> None:
     table = PeerTable()
     table.apply({"Node": node(1), "PacketFilter": []})
     assert table.peers == {}
-    assert table.self_node is not None and table.self_node["ID"] == 1
+    assert table.self_node is not None and table.self_node.ID == 1
 
 
 def test_peers_changed_replaces_the_whole_node() -> None:

@@ -168,3 +168,35 @@ async def test_stopping_the_server_ends_client_connections(tmp_path: Path) -> No
         ended = not isinstance(exc, TimeoutError)
     assert ended
     await a.client.close()
+
+
+async def test_keepalives_go_out_only_while_a_stream_is_otherwise_quiet(tmp_path: Path) -> None:
+    async with running(tmp_path, tuning={"keepalive_interval": "1s", "batch_change_delay": "10ms"}) as srv:
+        key = await user_key(srv.state)
+        a, b = Sim(srv.url, "a"), Sim(srv.url, "b")
+        await a.join(key)
+        await b.join(key)
+        stream = a.client.map_stream(a.map_request())
+        await stream.__anext__()
+        await drain(stream, 0.3)  # b's registration may still arrive as a delta
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        quiet = [await asyncio.wait_for(stream.__anext__(), 3.0) for _ in range(2)]
+        assert quiet == [{"KeepAlive": True}] * 2
+        assert 1.0 <= loop.time() - started <= 2 * 1.2 + 0.5  # each within interval + jitter
+        # A busy stream (b's Hostinfo changes every 0.3 s) gets its deltas and no keep-alives.
+        got: list[dict[str, Any]] = []
+
+        async def reader() -> None:
+            async for message in stream:
+                got.append(message)
+
+        task = asyncio.create_task(reader())
+        for i in range(8):
+            await b.client.lite_update(str(b.node.node_public()), hostinfo={"Hostname": "b", "OSVersion": f"v{i}"})
+            await asyncio.sleep(0.3)
+        task.cancel()
+        assert len([m for m in got if "PeersChanged" in m]) >= 6
+        assert not [m for m in got if m.get("KeepAlive")], got
+        for s in (a, b):
+            await s.client.close()
