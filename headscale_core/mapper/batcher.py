@@ -180,6 +180,8 @@ class Mapper:
         self._policy_version = policy.version
         allow_all = policy.allow_all
         nodes = state.store.nodes
+        topology = bool(batch.changed or batch.removed)
+        patched_ids = sorted(batch.patched)
         self.peers.forget(batch.removed)
         for session in list(self.sessions.values()):
             viewer = session.node_id
@@ -190,17 +192,28 @@ class Mapper:
             visible: AbstractSet[int]
             if allow_all:
                 # Everyone sees everyone: no per-session scan of the tailnet, only the delta.
-                visible = (known | (batch.changed - {viewer})) - batch.removed
+                visible = (known | (batch.changed - {viewer})) - batch.removed if topology else known
             elif recheck:
                 visible = policy.visible_peers_set(viewer)
                 if batch.removed & visible:
                     visible = visible - batch.removed
             else:
-                visible = known - batch.removed if batch.removed else known
-            removed = sorted((batch.removed & known) | (known - visible))
-            added = visible - known
-            changed = sorted(((batch.changed - {viewer}) & visible) | added)
-            patched = sorted(nid for nid in batch.patched if nid in visible and nid not in changed)
+                visible = known - batch.removed if batch.removed & known else known
+            # Per session, work is proportional to the change, not to the tailnet: a patch for
+            # one peer must not cost a scan of a thousand known peers per recipient.
+            removed: list[int] = []
+            added: AbstractSet[int] = frozenset()
+            if visible is not known:
+                removed = sorted((batch.removed & known) | (known - visible))
+                added = visible - known
+            if batch.changed:
+                changed = sorted(((batch.changed - {viewer}) & visible) | added)
+            else:
+                changed = sorted(added)
+            patched = [nid for nid in patched_ids if nid in visible]
+            if patched and changed:
+                whole = set(changed)  # a peer sent whole needs no patch
+                patched = [nid for nid in patched if nid not in whole]
             message: dict[str, Any] = {}
             key: list[Any] = []
             if removed:
