@@ -257,8 +257,11 @@ def _new_endpoint(node: SimNode, k: int) -> Callable[[Peer | None], bool]:
 async def endpoint_change(b: Bench) -> dict[str, Any]:
     """``changes`` nodes each move to a new endpoint, one every 1/``change_rate`` s."""
     nodes = b.fleet.nodes
-    step = max(1, len(nodes) // b.changes)
-    changers = [nodes[(k * step) % len(nodes)] for k in range(b.changes)]
+    # Distinct nodes: a node changed twice would hide its first change from a peer that applies
+    # both at once, and that change's watch would never fire.
+    count = min(b.changes, len(nodes))
+    step = max(1, len(nodes) // count)
+    changers = [nodes[(k * step) % len(nodes)] for k in range(count)]
     return await _propagate(b, changers, [k / b.change_rate for k in range(len(changers))], _new_endpoint)
 
 

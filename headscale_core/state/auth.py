@@ -135,8 +135,9 @@ class Registrar:
             return {"Error": "the user of this pre-auth key was deleted: create a new key"}
         node = await self._create_or_reuse(machine_key, node_key, old_key, hostinfo, user, key.tags,
                                            ephemeral or key.ephemeral, "authkey", key)
-        async with self.state.storage.transaction() as s:
-            await repo.set_preauth_key(s, key.id, used=True)
+        if not key.used:  # a reusable key is marked once, not written on every registration
+            async with self.state.storage.transaction() as s:
+                await repo.set_preauth_key(s, key.id, used=True)
         self.state.audit("login.ok", f"node:{node.id}", subject=f"node:{node.id}", source=remote, method="authkey",
                          preauthkey=key.id, user=user.name if user else "")
         return self._ok(node)
