@@ -372,6 +372,8 @@ def validate(root: RootConfig) -> list[str]:
         problems.append(f"log.level: {root.log.level!r} must be one of {', '.join(LOG_LEVELS)}")
     if root.log.format not in ("text", "json"):
         problems.append(f"log.format: {root.log.format!r} must be text or json")
+    if root.tuning.event_loop not in ("uvloop", "asyncio"):
+        problems.append(f"tuning.event_loop: {root.tuning.event_loop!r} must be uvloop or asyncio")
     if root.dns.magic_dns and not root.dns.base_domain:
         problems.append("dns.base_domain: must be set when dns.magic_dns is true (e.g. tailnet.example.com)")
     host = root.server_url.split("://", 1)[-1].split("/", 1)[0].split(":")[0]

@@ -150,6 +150,8 @@ class TuningSection:
     register_cache_expiration: str = doc("How long a pending interactive registration lives.", "15m")
     register_cache_max_entries: int = doc("Pending registrations kept at most.", 1024)
     keepalive_interval: str = doc("Interval of map-stream keep-alives.", "50s")
+    event_loop: str = doc("Event loop of `headscale serve`: uvloop (libuv sockets and timers, faster "
+                          "fan-out) or asyncio (the standard library's).", "uvloop")
 
 
 @dataclass(frozen=True)

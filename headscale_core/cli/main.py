@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from headscale_core import __version__
@@ -169,8 +169,22 @@ def setup_logging(config: Config) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from headscale_core.server.app import run_server
 
-    asyncio.run(run_server(args.cfg, args.plugins))
+    with asyncio.Runner(loop_factory=event_loop_factory(args.cfg.tuning.event_loop)) as runner:
+        runner.run(run_server(args.cfg, args.plugins))
     return 0
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when configured and installed (it has no Windows build), else asyncio's own."""
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        logging.getLogger(__name__).warning(
+            "tuning.event_loop is uvloop but uvloop is not installed (pip install uvloop): using asyncio")
+        return None
+    return uvloop.new_event_loop
 
 
 def cmd_configtest(args: argparse.Namespace) -> int:

@@ -242,12 +242,12 @@ async def running_server(ctx: ServerContext) -> AsyncIterator[dict[str, Any]]:
                 await mapper.aclose()
     finally:
         for item in reversed(cleanups):
-            if isinstance(item, asyncio.AbstractServer):
-                item.close()
-            elif isinstance(item, TakenOver):
+            if isinstance(item, TakenOver):
                 await item.close()
-            else:
+            elif isinstance(item, web.BaseRunner):
                 await item.cleanup()
+            else:  # a listening server (asyncio's or uvloop's, which is no asyncio.AbstractServer)
+                item.close()
         await runner.cleanup()
 
 

@@ -66,7 +66,7 @@ async def test_simulated_peer_tables_match_tailscale_status(control: RunningServ
                 # Each side sees the whole tailnet minus itself: swap the two selves to compare.
                 assert sim[real_key] == real_addrs
                 assert node.table.self_node is not None
-                assert seen_by_real[node.node_key] == {a.split("/")[0] for a in node.table.self_node["Addresses"]}
+                assert seen_by_real[node.node_key] == {a.split("/")[0] for a in (node.table.self_node.Addresses or ())}
                 assert {k: v for k, v in sim.items() if k != real_key} == \
                     {k: v for k, v in seen_by_real.items() if k != node.node_key}
 
