@@ -71,7 +71,8 @@ def sparse_tailnet() -> Tailnet:
 
 
 def sparse_visibility(fleet: Fleet) -> dict[int, set[int]]:
-    """Peers are visible when either side may open a connection to the other, as in both servers."""
+    """Peers are visible when either side may open a connection to the other, as in both servers:
+    a server sees every user's nodes, but not the other servers (no rule has a server as source)."""
     by_id = fleet.by_id()
     servers = {i for i, n in by_id.items() if n.user == SERVER_TAG}
     members: dict[str, set[int]] = {}
@@ -80,5 +81,5 @@ def sparse_visibility(fleet: Fleet) -> dict[int, set[int]]:
             members.setdefault(n.user, set()).add(i)
     out: dict[int, set[int]] = {}
     for i, n in by_id.items():
-        out[i] = (set(by_id) if i in servers else members[n.user] | servers) - {i}
+        out[i] = (set(by_id) - servers if i in servers else members[n.user] | servers) - {i}
     return out
