@@ -40,7 +40,7 @@ class AuditRecorder:
 
 
 async def write_events(ctx: ServerContext, events: list[Event]) -> None:
-    async with ctx.state.storage.transaction() as s:
+    async with ctx.state.writing() as s:
         for event in events:
             await repo.append_audit(s, event)
     if ctx.config.audit.path:

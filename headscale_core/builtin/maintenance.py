@@ -34,7 +34,7 @@ async def expiry_pass(ctx: ServerContext, announced: set[int]) -> None:
     if changes:
         # Every instance runs this pass on its own clock: telling the others would only repeat it.
         await ctx.state.emit(*changes, publish=False)
-    async with ctx.state.storage.transaction() as s:
+    async with ctx.state.writing() as s:
         await repo.delete_registrations_before(s, now)
 
 

@@ -91,7 +91,7 @@ class DatabasePolicySource:
     async def store(self, text: str) -> None:
         from datetime import UTC, datetime
 
-        async with self.ctx.state.storage.transaction() as s:
+        async with self.ctx.state.writing() as s:
             await repo.store_policy(s, text, datetime.now(UTC))
 
     async def watch(self) -> AsyncIterator[None]:

@@ -136,7 +136,7 @@ class Registrar:
         node = await self._create_or_reuse(machine_key, node_key, old_key, hostinfo, user, key.tags,
                                            ephemeral or key.ephemeral, "authkey", key)
         if not key.used:  # a reusable key is marked once, not written on every registration
-            async with self.state.storage.transaction() as s:
+            async with self.state.writing() as s:
                 await repo.set_preauth_key(s, key.id, used=True)
         self.state.audit("login.ok", f"node:{node.id}", subject=f"node:{node.id}", source=remote, method="authkey",
                          preauthkey=key.id, user=user.name if user else "")
@@ -200,7 +200,7 @@ class Registrar:
         now = datetime.now(UTC)
         reg_id = secrets.token_urlsafe(18)
         ttl = parse_duration(self.state.config.tuning.register_cache_expiration)
-        async with self.state.storage.transaction() as s:
+        async with self.state.writing() as s:
             await repo.delete_registrations_before(s, now)
             await repo.insert_registration(s, RegistrationRow(
                 id=reg_id, machine_key=machine_key, node_key=node_key, old_node_key=old_key,
@@ -236,7 +236,7 @@ class Registrar:
             raise InvalidRequest(f"login refused: {denials[0].reason}")
         node = await self._create_or_reuse(reg.machine_key, reg.node_key, reg.old_node_key, reg.hostinfo, user,
                                            (), reg.ephemeral, method, None)
-        async with self.state.storage.transaction() as s:
+        async with self.state.writing() as s:
             row = await repo.registration(s, reg_id)
             if row is not None:
                 row.status, row.user_id = "approved", user.id
@@ -247,7 +247,7 @@ class Registrar:
 
     async def reject(self, reg_id: str, reason: str = "rejected by an administrator", actor: str = "cli") -> None:
         await self.pending(reg_id)
-        async with self.state.storage.transaction() as s:
+        async with self.state.writing() as s:
             row = await repo.registration(s, reg_id)
             if row is not None:
                 row.status, row.reason = "rejected", reason

@@ -8,9 +8,10 @@ persist in one transaction, update the NodeStore, emit ``Change`` events to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,6 +94,14 @@ class StateService:
 
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[Any]:
+        """A write transaction, one at a time in this process. SQLite has a single writer: a
+        second concurrent one would sleep in SQLite's busy handler (in steps of up to 100 ms)
+        while holding up every registration queued behind it."""
+        async with self._write_lock, self.storage.transaction() as s:
+            yield s
 
     async def emit(self, *changes: Change, publish: bool = True) -> None:
         """Tell the local mapper, then (``publish``) the other instances on the change bus."""
