@@ -153,11 +153,17 @@ class FrontProtocol(asyncio.Protocol):
         self._buffer.clear()
 
 
+LISTEN_BACKLOG = 4096
+
+
 async def start_listener(runner: web.AppRunner, host: str, port: int,
                          upgrades: Mapping[str, ConnectionUpgrade], taken_over: TakenOver,
                          ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
     server = runner.server
     assert server is not None, "call runner.setup() first"
     loop = asyncio.get_running_loop()
+    # After a restart every client redials within seconds: asyncio's default backlog of 100
+    # drops the SYNs beyond it, and those clients wait out TCP's retransmission (1 s, 3 s, 7 s).
+    # The kernel caps this at net.core.somaxconn.
     return await loop.create_server(lambda: FrontProtocol(server, upgrades, taken_over), host, port,
-                                    ssl=ssl_context, reuse_address=True)
+                                    ssl=ssl_context, reuse_address=True, backlog=LISTEN_BACKLOG)
