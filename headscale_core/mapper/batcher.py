@@ -176,7 +176,8 @@ class Mapper:
         held: list[Any] = []  # the peer dicts whose identities are in `shared`'s keys
         policy = state.policy
         policy.compiled()  # recompile (incrementally) before looking at the version
-        recheck = batch.policy or policy.version != self._policy_version
+        # Only viewers the recompile may have touched are asked again (None: every viewer).
+        stale = policy.stale_since(self._policy_version)
         self._policy_version = policy.version
         allow_all = policy.allow_all
         nodes = state.store.nodes
@@ -190,6 +191,7 @@ class Mapper:
                 continue
             known = session.known_peers
             visible: AbstractSet[int]
+            recheck = stale is None or viewer in stale
             if allow_all:
                 # Everyone sees everyone: no per-session scan of the tailnet, only the delta.
                 visible = (known | (batch.changed - {viewer})) - batch.removed if topology else known

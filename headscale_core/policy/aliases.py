@@ -203,10 +203,11 @@ class Resolver:
         out = set(resolved.nodes)
         if resolved.internet and not as_source:
             out |= self.exit_nodes()
-        if self._sorted_ips is None:
+        if resolved.prefixes and self._sorted_ips is None:  # built on first need: O(N log N)
             self._sorted_ips = sorted((n.version, int(n.network_address), nid)
                                       for nid, nets in self.node_nets.items() for n in nets)
         for prefix in resolved.prefixes:
+            assert self._sorted_ips is not None
             lo = bisect_left(self._sorted_ips, (prefix.version, int(prefix.network_address), -1))
             hi = bisect_right(self._sorted_ips, (prefix.version, int(prefix.broadcast_address), 1 << 62))
             out.update(nid for _, _, nid in self._sorted_ips[lo:hi])

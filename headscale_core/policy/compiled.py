@@ -43,6 +43,9 @@ class CompiledPolicy:
         self._peers: dict[int, frozenset[int]] = {}
         self._capmaps: dict[int, dict[str, list[Any]]] = {}
         self._addresses: dict[tuple[int, bool], list[str]] = {}
+        # After `with_nodes_changed`: the nodes whose peers, filter or SSH policy may differ from
+        # the policy it was derived from (None: any node's may).
+        self.stale_nodes: frozenset[int] | None = None
 
     def with_node_changed(self, node: PolicyNode) -> CompiledPolicy:
         """A recompiled copy after one node's tags, user, addresses or routes changed (or it joined).

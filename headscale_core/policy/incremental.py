@@ -42,6 +42,7 @@ def with_nodes_changed(old: CompiledPolicy, nodes: Sequence[PolicyNode]) -> Comp
     if old_edges is None:
         new.prepared = [prepare(rule.rule, resolver) for rule in old.prepared]
         new._filters, new._peers, new._capmaps, new._addresses = {}, {}, {}, {}
+        new.stale_nodes = None
         return new
 
     verdict = _alias_verdicts(old, resolver, befores, nodes)
@@ -81,6 +82,9 @@ def with_nodes_changed(old: CompiledPolicy, nodes: Sequence[PolicyNode]) -> Comp
     policy = old.policy
     attrs_moved = policy is not None and any(verdict(t) for entry in policy.node_attrs for t in entry.targets)
     new._capmaps = {} if attrs_moved else {nid: caps for nid, caps in old._capmaps.items() if nid not in ids}
+    # SSH policies and CapMaps are not tracked per node: with either in play, anyone may have changed.
+    new.stale_nodes = None if attrs_moved or (policy is not None and policy.ssh) else frozenset(
+        stale_filters | stale_peers)
     return new
 
 

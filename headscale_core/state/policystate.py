@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HISTORY = 16  # compiles remembered for stale_since
 ALLOW_ALL: list[dict[str, Any]] = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
 EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
 
@@ -54,6 +55,8 @@ class PolicyState:
         self._dirty: dict[int, None] = {}  # nodes whose topology changed since the last compile
         self._primaries: dict[str, int] | None = None
         self.version = 0
+        # (version, nodes whose answers may have changed in it; None: all), newest last
+        self._history: list[tuple[int, frozenset[int] | None]] = []
 
     async def load(self) -> None:
         """Read the configured source at start-up; a bad policy stops start-up with its error."""
@@ -94,7 +97,7 @@ class PolicyState:
         self._policy = policy
         self.text = text if policy is not None else None
         self._stale = True
-        self.version += 1
+        self._bump(None)
 
     def check_tests(self, policy: Any) -> None:
         """Refuse a policy whose own ``tests``/``sshTests`` fail on the current tailnet, as
@@ -133,7 +136,7 @@ class PolicyState:
             if all(nid in store.nodes for nid in dirty):
                 changed = [policy_node(store.nodes[nid], nid in store.online) for nid in dirty]
                 self._compiled = self._compiled.with_nodes_changed(changed)
-                self.version += 1
+                self._bump(self._compiled.stale_nodes)
             else:
                 self._stale = True
         if self._stale or self._compiled is None:
@@ -141,8 +144,24 @@ class PolicyState:
             nodes = [policy_node(n, n.id in store.online) for n in store.nodes.values()]
             self._compiled = compile_policy(self._policy, users, nodes)
             self._stale = False
-            self.version += 1
+            self._bump(None)
         return self._compiled
+
+    def _bump(self, stale: frozenset[int] | None) -> None:
+        self.version += 1
+        self._history = [*self._history[-(HISTORY - 1):], (self.version, stale)]
+
+    def stale_since(self, version: int) -> frozenset[int] | None:
+        """Nodes whose peers, filter or SSH policy may have changed since ``version`` (None: any
+        node's), for a reader that last looked at that version."""
+        out: set[int] = set()
+        for seen, stale in reversed(self._history):
+            if seen <= version:
+                return frozenset(out)
+            if stale is None:
+                return None
+            out |= stale
+        return None if version < self.version else frozenset()
 
     # ---- per-recipient views ---------------------------------------------------------------
 
