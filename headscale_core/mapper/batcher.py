@@ -58,9 +58,11 @@ class Mapper:
         if old is not None:
             old.close()
         session = MapSession(node_id, stream, capver=capver, keepalive=self.keepalive)
-        frame, peers, views = self.full_map_frame(node_id)
-        session.known_peers = peers
-        session.remember(*views)
+        frame, message, peer_nodes = self.full_map_frame(node_id)
+        session.known_peers = frozenset(p.id for p in peer_nodes)
+        for field in ("PacketFilter", "SSHPolicy"):
+            if field in message:
+                session.remember(field, message[field])
         session.push(frame)
         self.sessions[node_id] = session
         return session
@@ -86,23 +88,23 @@ class Mapper:
 
     def full_map(self, node_id: int) -> tuple[dict[str, Any], set[int]]:
         """The node's full MapResponse as a dict, and its peers."""
-        message, peer_nodes, _ = self._full_map_parts(node_id)
+        message, peer_nodes = self._full_map_parts(node_id)
         if peer_nodes:
             message["Peers"] = [self.peers.peer(p, node_id) for p in peer_nodes]
         return message, {p.id for p in peer_nodes}
 
-    def full_map_frame(self, node_id: int) -> tuple[bytes, frozenset[int], tuple[Any, Any, bytes, bytes]]:
-        """The full map framed for the wire, its peers, and the filter/SSH it carries (for the
-        session to compare later batches with). Peers' JSON is spliced in from ``PeerJSON``'s
-        encoded variants, not encoded again for every new session."""
-        message, peer_nodes, views = self._full_map_parts(node_id)
+    def full_map_frame(self, node_id: int) -> tuple[bytes, dict[str, Any], list[Node]]:
+        """The full map framed for the wire, its message without ``Peers``, and the peers.
+        Peers' JSON is spliced in from ``PeerJSON``'s encoded variants, not encoded again for
+        every new session."""
+        message, peer_nodes = self._full_map_parts(node_id)
         body = dumps(message)
         if peer_nodes:
             peers = b",".join([self.peers.peer_bytes(p, node_id) for p in peer_nodes])
             body = b"".join((body[:-1], b',"Peers":[', peers, b"]}"))
-        return self.encode_body(body, "full"), frozenset(p.id for p in peer_nodes), views
+        return self.encode_body(body, "full"), message, peer_nodes
 
-    def _full_map_parts(self, node_id: int) -> tuple[dict[str, Any], list[Node], tuple[Any, Any, bytes, bytes]]:
+    def _full_map_parts(self, node_id: int) -> tuple[dict[str, Any], list[Node]]:
         state = self.state
         node = state.node(node_id)
         peer_nodes = [state.store.nodes[pid] for pid in sorted(state.policy.visible_peers(node_id))
@@ -125,8 +127,7 @@ class Mapper:
             message["SSHPolicy"] = ssh
         if not state.config.logtail.enabled:
             message["Debug"] = {"DisableLogTail": True}
-        views = (packet_filter, ssh, dumps(packet_filter), dumps(ssh) if ssh is not None else b"")
-        return message, peer_nodes, views
+        return message, peer_nodes
 
     # ---- batching -------------------------------------------------------------------------
 
@@ -235,22 +236,14 @@ class Mapper:
                 message["Node"] = wire.self_node_json(state, nodes[viewer])
                 personal = True
             if recheck or viewer in batch.changed:
-                packet_filter = policy.packet_filter(viewer)
-                if packet_filter is not session.filter_seen:
-                    session.filter_seen = packet_filter
-                    encoded = dumps(packet_filter)
-                    if encoded != session.last_filter:
-                        session.last_filter = encoded
-                        message["PacketFilter"] = packet_filter
-                        key.append(("f", encoded))
-                ssh = policy.ssh_policy(viewer)
-                if ssh is not None and ssh is not session.ssh_seen:
-                    session.ssh_seen = ssh
-                    ssh_encoded = dumps(ssh)
-                    if ssh_encoded != session.last_ssh:
-                        session.last_ssh = ssh_encoded
-                        message["SSHPolicy"] = ssh
-                        key.append(("s", ssh_encoded))
+                views = (("PacketFilter", policy.packet_filter(viewer)), ("SSHPolicy", policy.ssh_policy(viewer)))
+                for field, value in views:
+                    if value is None:  # no SSH policy: nothing to tell (clients keep the last)
+                        continue
+                    encoded = session.view_update(field, value)
+                    if encoded is not None:
+                        message[field] = value
+                        key.append((field, encoded))
             if batch.derp:
                 message["DERPMap"] = state.derp_map
                 key.append("derp")

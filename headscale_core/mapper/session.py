@@ -16,6 +16,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from headscale_core.protocol.mapstream import KEEPALIVE_MESSAGE
+from headscale_core.protocol.wirejson import dumps
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,9 @@ class MapSession:
         self.keepalive = keepalive
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_LIMIT)
         self.known_peers: AbstractSet[int] = frozenset()
-        # The filter and SSH policy the client holds: the objects the policy handed out (an
-        # identity check says "unchanged") and their encodings (equal bytes say the same).
-        self.filter_seen: Any = None
-        self.ssh_seen: Any = None
-        self.last_filter: bytes = b""
-        self.last_ssh: bytes = b""
+        # What the client holds of each policy-derived field (PacketFilter, SSHPolicy): the object
+        # the policy handed out, and its encoding once a comparison needed it.
+        self._views: dict[str, list[Any]] = {}
         self.closed = asyncio.Event()
         self.messages_sent = 0
         self.bytes_sent = 0
@@ -51,9 +49,27 @@ class MapSession:
         self._sending = False  # run() is inside send_data: later frames queue behind it
         self._timer: asyncio.TimerHandle | None = None
 
-    def remember(self, packet_filter: Any, ssh: Any, filter_encoded: bytes, ssh_encoded: bytes) -> None:
-        self.filter_seen, self.ssh_seen = packet_filter, ssh
-        self.last_filter, self.last_ssh = filter_encoded, ssh_encoded
+    def remember(self, field: str, value: Any) -> None:
+        """The client was sent ``value`` for ``field`` (in its full map)."""
+        self._views[field] = [value, None]
+
+    def view_update(self, field: str, value: Any) -> bytes | None:
+        """``value``'s encoding when the client must be sent it for ``field``, else None.
+
+        The policy hands out the same object while an answer is unchanged, so most calls end at
+        the identity check; a new object is encoded and sent only if its JSON differs."""
+        held = self._views.get(field)
+        if held is not None and held[0] is value:
+            return None
+        encoded = dumps(value)
+        if held is not None:
+            if held[1] is None:
+                held[1] = dumps(held[0])
+            if held[1] == encoded:
+                held[0] = value
+                return None
+        self._views[field] = [value, encoded]
+        return encoded
 
     def push(self, frame: bytes) -> None:
         """Send ``frame`` now when nothing is ahead of it and the stream takes it whole (the

@@ -169,7 +169,7 @@ class StateService:
         if provider_identifier is None and any(u.name == name and u.provider_identifier is None
                                                for u in self.store.users.values()):
             raise Conflict(f"user {name!r} already exists")
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             user = await repo.insert_user(s, User(id=0, name=name, display_name=display_name, email=email,
                                                   profile_pic_url=picture, provider=provider,
                                                   provider_identifier=provider_identifier,
@@ -189,7 +189,7 @@ class StateService:
             if any(u.name == new.name and u.id != user.id and u.provider_identifier is None
                    for u in self.store.users.values()):
                 raise Conflict(f"user {new.name!r} already exists")
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             await repo.update_user(s, new, utcnow())
         self.store.users[user.id] = new
         self.audit("user.update", actor, subject=f"user:{user.id}", **{k: str(v) for k, v in changes.items()})
@@ -202,7 +202,7 @@ class StateService:
         if owned:
             raise Conflict(f"user {user.name!r} still owns {len(owned)} node(s): delete them or move them to "
                            "another user first (`headscale nodes delete` / `headscale nodes move`)")
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             await repo.delete_user(s, user.id)
         self.store.users.pop(user.id, None)
         self.audit("user.delete", actor, subject=f"user:{user.id}", name=user.name)
@@ -222,7 +222,7 @@ class StateService:
         full, prefix, digest = keysecrets.new_key("auth")
         if expiration is None:
             expiration = utcnow() + timedelta(hours=1)
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             key = await repo.insert_preauth_key(s, PreAuthKey(
                 id=0, prefix=prefix, user_id=user.id if user else None, reusable=reusable, ephemeral=ephemeral,
                 tags=tags, expiration=expiration, description=description), digest, utcnow())
@@ -254,12 +254,12 @@ class StateService:
         return found[0]
 
     async def expire_preauth_key(self, key: PreAuthKey, actor: str = "cli") -> None:
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             await repo.set_preauth_key(s, key.id, expiration=utcnow())
         self.audit("preauthkey.expire", actor, subject=f"preauthkey:{key.id}")
 
     async def delete_preauth_key(self, key: PreAuthKey, actor: str = "cli") -> None:
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             await repo.delete_preauth_key(s, key.id)
         self.audit("preauthkey.delete", actor, subject=f"preauthkey:{key.id}")
 
@@ -270,7 +270,7 @@ class StateService:
         if scope not in ("admin", "read"):
             raise InvalidRequest(f"API key scope {scope!r} must be admin or read")
         full, prefix, digest = keysecrets.new_key("api")
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             key = await repo.insert_api_key(s, APIKey(id=0, prefix=prefix, scope=scope,
                                                       expiration=expiration or utcnow() + timedelta(days=90)),
                                             digest, utcnow())
@@ -302,12 +302,12 @@ class StateService:
         return key
 
     async def expire_api_key(self, key: APIKey, actor: str = "cli") -> None:
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             await repo.set_api_key(s, key.id, expiration=utcnow())
         self.audit("apikey.expire", actor, subject=f"apikey:{key.prefix}")
 
     async def delete_api_key(self, key: APIKey, actor: str = "cli") -> None:
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             await repo.delete_api_key(s, key.id)
         self.audit("apikey.delete", actor, subject=f"apikey:{key.prefix}")
 
@@ -356,7 +356,7 @@ class StateService:
 
     async def insert_node(self, node: Node, actor: str) -> Node:
         """Persist a new node (addresses and a unique name chosen by the caller)."""
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             node = await repo.insert_node(s, node, utcnow())
         self.store.put(node)
         self.audit("node.register", actor, subject=f"node:{node.id}", name=node.given_name,
@@ -366,7 +366,7 @@ class StateService:
 
     async def save_node(self, node: Node, *changes: Change, actor: str = "", kind: str = "") -> Node:
         """Persist a changed node now, update the snapshot and announce ``changes``."""
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             node = await repo.update_node(s, node, utcnow())
         self._dirty.pop(node.id, None)
         self.store.put(node)
@@ -394,7 +394,7 @@ class StateService:
         if not dirty:
             return
         try:
-            async with self._write_lock, self.storage.transaction() as s:
+            async with self.writing() as s:
                 for node in dirty.values():
                     if node.id in self.store.nodes:
                         await repo.update_node(s, self.store.nodes[node.id], utcnow())
@@ -411,7 +411,7 @@ class StateService:
         await self._publish(unpublished)
 
     async def delete_node(self, node: Node, actor: str = "cli") -> None:
-        async with self._write_lock, self.storage.transaction() as s:
+        async with self.writing() as s:
             await repo.delete_node(s, node.id)
         self._dirty.pop(node.id, None)
         self.store.remove(node.id)
