@@ -356,6 +356,8 @@ def validate(root: RootConfig) -> list[str]:
         "tuning.batch_change_delay": root.tuning.batch_change_delay,
         "tuning.register_cache_expiration": root.tuning.register_cache_expiration,
         "tuning.keepalive_interval": root.tuning.keepalive_interval,
+        "tuning.gc_freeze_interval": root.tuning.gc_freeze_interval,
+        "tuning.gc_sweep_interval": root.tuning.gc_sweep_interval,
         "cli.timeout": root.cli.timeout,
     }
     if root.ephemeral_node_inactivity_timeout:
@@ -368,6 +370,13 @@ def validate(root: RootConfig) -> list[str]:
             continue
         if key.endswith("inactivity_timeout") and seconds <= 65:
             problems.append(f"{key}: {text!r} is too short: it must be more than 65s (clients reconnect within a minute)")
+    try:
+        freeze, sweep = parse_duration(root.tuning.gc_freeze_interval), parse_duration(root.tuning.gc_sweep_interval)
+        if freeze and sweep and sweep < freeze:
+            problems.append(f"tuning.gc_sweep_interval: {root.tuning.gc_sweep_interval!r} must not be shorter than "
+                            f"tuning.gc_freeze_interval ({root.tuning.gc_freeze_interval!r})")
+    except ValueError:
+        pass  # named above
     if root.log.level not in LOG_LEVELS:
         problems.append(f"log.level: {root.log.level!r} must be one of {', '.join(LOG_LEVELS)}")
     if root.log.format not in ("text", "json"):

@@ -31,6 +31,7 @@ from headscale_core.providers import ConnectionUpgrade
 from headscale_core.server.context import ServerContext
 from headscale_core.server.h2conn import serve_ts2021
 from headscale_core.server.h2conn_ws import serve_ts2021_websocket
+from headscale_core.server.heap import kept_heap
 from headscale_core.server.listener import TakenOver, start_listener
 from headscale_core.server.machine import MachineHandler
 from headscale_core.server.web import web_routes
@@ -259,8 +260,10 @@ async def run_server(config: Config, plugins: Plugins | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     # SIGHUP means "reload the policy"; until the watcher takes it over it must not kill us.
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    tuning = config.tuning
     try:
-        async with running_server(ctx) as addresses:
+        async with kept_heap(parse_duration(tuning.gc_freeze_interval), parse_duration(tuning.gc_sweep_interval)), \
+                running_server(ctx) as addresses:
             log.info("headscale-core listening on %s (server_url %s); data in %s", _fmt(addresses.get("listen")),
                      config.server_url, config.path("."))
             await stop.wait()
