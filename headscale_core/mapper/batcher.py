@@ -47,6 +47,7 @@ class Mapper:
         self._first_change: float | None = None  # when the oldest change of this batch was emitted
         self._last_apply = 0.0  # seconds the last fan-out took: the next window is at least this
         self._policy_version = -1  # the compiled policy's version the last fan-out saw
+        self._keepalive: tuple[int, bytes] = (-1, b"")
         state.on_change(self.on_change)
 
     # ---- sessions -----------------------------------------------------------------------
@@ -57,7 +58,8 @@ class Mapper:
         old = self.sessions.get(node_id)
         if old is not None:
             old.close()
-        session = MapSession(node_id, stream, capver=capver, keepalive=self.keepalive)
+        session = MapSession(node_id, stream, capver=capver, keepalive=self.keepalive,
+                             keepalive_frame=self.keepalive_frame)
         frame, message, peer_nodes = self.full_map_frame(node_id)
         session.known_peers = frozenset(p.id for p in peer_nodes)
         for field in ("PacketFilter", "SSHPolicy"):
@@ -74,6 +76,17 @@ class Mapper:
             del self.sessions[session.node_id]
             return True
         return False
+
+    def keepalive_frame(self) -> bytes:
+        """A keep-alive carrying ``ControlTime``, encoded once per second for every session.
+
+        Keep-alives are what tells a quiet client the control server's time (patch-only messages
+        leave it out, see ``apply``); clients read ``ControlTime`` from keep-alives too."""
+        second = int(time.time())
+        if self._keepalive[0] != second:
+            body = b'{"KeepAlive":true,"ControlTime":"%s"}' % wire.go_time(datetime.now(UTC)).encode()
+            self._keepalive = (second, self.encoder.encode(body))
+        return self._keepalive[1]
 
     def encode(self, message: dict[str, Any], kind: str) -> bytes:
         return self.encode_body(dumps(message), kind)
@@ -257,7 +270,11 @@ class Mapper:
             session.known_peers = visible
             if not message:
                 continue
-            message["ControlTime"] = now
+            # ControlTime goes with everything but patch-only messages: on a one-peer patch it is
+            # a third of the bytes, and the client hears the time from keep-alives and full maps.
+            patch_only = len(message) == 1 and "PeersChangedPatch" in message
+            if not patch_only:
+                message["ControlTime"] = now
             reached += 1
             if personal:
                 session.push(self.encode(message, "self"))
@@ -265,7 +282,7 @@ class Mapper:
             frame_key = tuple(key)
             frame = shared.get(frame_key)
             if frame is None:
-                kind = "patch" if set(message) <= {"PeersChangedPatch", "ControlTime"} else "delta"
+                kind = "patch" if patch_only else "delta"
                 frame = shared[frame_key] = self.encode(message, kind)
             session.push(frame)
         return reached

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
@@ -32,11 +33,13 @@ class Stream(Protocol):
 
 
 class MapSession:
-    def __init__(self, node_id: int, stream: Stream, *, capver: int, keepalive: float) -> None:
+    def __init__(self, node_id: int, stream: Stream, *, capver: int, keepalive: float,
+                 keepalive_frame: Callable[[], bytes] = lambda: KEEPALIVE_MESSAGE) -> None:
         self.node_id = node_id
         self.stream = stream
         self.capver = capver
         self.keepalive = keepalive
+        self.keepalive_frame = keepalive_frame
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_LIMIT)
         self.known_peers: AbstractSet[int] = frozenset()
         # What the client holds of each policy-derived field (PacketFilter, SSHPolicy): the object
@@ -122,7 +125,7 @@ class MapSession:
         def keepalive_due() -> None:
             idle = time.monotonic() - self._last_sent
             if idle >= self.keepalive:
-                self.push(KEEPALIVE_MESSAGE)
+                self.push(self.keepalive_frame())
                 idle = 0.0
             self._timer = loop.call_later(self.keepalive - idle + self._jitter(), keepalive_due)
 

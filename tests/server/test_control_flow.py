@@ -62,6 +62,8 @@ async def test_two_nodes_register_and_see_each_other(tmp_path: Path) -> None:
         while "PeersChangedPatch" not in msg:
             msg = await next_message(stream_a)
         assert msg["PeersChangedPatch"][0]["Endpoints"] == ["127.0.0.1:41641"]
+        # a patch-only message leaves ControlTime out (keep-alives and full maps carry it)
+        assert set(msg) == {"PeersChangedPatch"}, msg
 
         # deleting beta removes it from alpha's map
         await srv.state.delete_node(srv.state.store.by_node_key(str(b.node.node_public())))
@@ -69,6 +71,7 @@ async def test_two_nodes_register_and_see_each_other(tmp_path: Path) -> None:
         while "PeersRemoved" not in msg:
             msg = await next_message(stream_a)
         assert msg["PeersRemoved"] == [first_b["Node"]["ID"]]
+        assert msg["ControlTime"].endswith("Z"), "every other message carries ControlTime"
         for m in (a, b):
             await m.client.close()
 
