@@ -46,6 +46,7 @@ class Mapper:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._first_change: float | None = None  # when the oldest change of this batch was emitted
         self._last_apply = 0.0  # seconds the last fan-out took: the next window is at least this
+        self._last_done = 0.0  # when it ended (perf_counter)
         self._policy_version = -1  # the compiled policy's version the last fan-out saw
         self._keepalive: tuple[int, bytes] = (-1, b"")
         state.on_change(self.on_change)
@@ -151,10 +152,14 @@ class Mapper:
             self._batch.add(change)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            # Adaptive window: while fan-outs are expensive (a registration storm under a
-            # policy), wait as long as the last one took, so each covers more changes and
-            # the fan-out work stays at most about half of the time.
-            self._flush_handle = loop.call_later(max(self.delay, self._last_apply), self._start_flush)
+            # Adaptive window: while fan-outs are expensive and back to back (a registration
+            # storm under a policy), wait as long as the last one took, so each covers more
+            # changes and the fan-out work stays at most about half of the time. A change after
+            # the server has been idle that long goes out after the plain delay.
+            window = self.delay
+            if time.perf_counter() - self._last_done < self._last_apply:
+                window = max(window, self._last_apply)
+            self._flush_handle = loop.call_later(window, self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush_handle = None
@@ -171,6 +176,7 @@ class Mapper:
                     session.close()
             done = time.perf_counter()
             self._last_apply = min(done - started, MAX_WINDOW)
+            self._last_done = done
             if self.metrics is not None:
                 self.metrics.batch_done(done - started)
                 if reached and first_change is not None:

@@ -9,13 +9,16 @@ than an unbounded backlog.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
+from headscale_core.flag import Flag
 from headscale_core.protocol.mapstream import KEEPALIVE_MESSAGE
 from headscale_core.protocol.wirejson import dumps
 
@@ -25,11 +28,18 @@ QUEUE_LIMIT = 512
 
 
 class Stream(Protocol):
-    closed: asyncio.Event
+    @property
+    def closed(self) -> Flag: ...
 
     async def send_data(self, data: bytes) -> None: ...
 
     def try_send_nowait(self, data: bytes) -> bool: ...
+
+    def add_close_callback(self, callback: Callable[[], None]) -> None: ...
+
+
+def _digest(encoded: bytes) -> bytes:
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 class MapSession:
@@ -40,12 +50,15 @@ class MapSession:
         self.capver = capver
         self.keepalive = keepalive
         self.keepalive_frame = keepalive_frame
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_LIMIT)
+        # Frames waiting behind a send that had to wait for the client (rare: made on demand).
+        self._backlog: deque[bytes] | None = None
+        self._ready = Flag()  # the backlog has frames, or the session closed
         self.known_peers: AbstractSet[int] = frozenset()
         # What the client holds of each policy-derived field (PacketFilter, SSHPolicy): the object
-        # the policy handed out, and its encoding once a comparison needed it.
+        # the policy handed out, and a digest of its encoding once a comparison needed it (a
+        # filter's JSON is kilobytes per session; 16 bytes tell as well whether it changed).
         self._views: dict[str, list[Any]] = {}
-        self.closed = asyncio.Event()
+        self.closed = Flag()
         self.messages_sent = 0
         self.bytes_sent = 0
         self._last_sent = 0.0
@@ -65,13 +78,14 @@ class MapSession:
         if held is not None and held[0] is value:
             return None
         encoded = dumps(value)
+        digest = _digest(encoded)
         if held is not None:
             if held[1] is None:
-                held[1] = dumps(held[0])
-            if held[1] == encoded:
+                held[1] = _digest(dumps(held[0]))
+            if held[1] == digest:
                 held[0] = value
                 return None
-        self._views[field] = [value, encoded]
+        self._views[field] = [value, digest]
         return encoded
 
     def push(self, frame: bytes) -> None:
@@ -79,7 +93,8 @@ class MapSession:
         common case: no task switch); otherwise queue it for ``run``."""
         if self.closed.is_set():
             return
-        if not self._sending and self.queue.empty():
+        backlog = self._backlog
+        if not self._sending and not backlog:
             try:
                 sent = self.stream.try_send_nowait(frame)
             except Exception as exc:  # StreamClosed and the like: the client is gone
@@ -89,20 +104,20 @@ class MapSession:
             if sent:
                 self._sent(frame)
                 return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if backlog is None:
+            backlog = self._backlog = deque()
+        if len(backlog) >= QUEUE_LIMIT:
             log.warning("map session of node %s fell %d messages behind: closing it so it resyncs",
                         self.node_id, QUEUE_LIMIT)
             self.close()
+            return
+        backlog.append(frame)
+        self._ready.set()
 
     def close(self) -> None:
         if not self.closed.is_set():
             self.closed.set()
-            try:
-                self.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
+            self._ready.set()
 
     def _sent(self, frame: bytes) -> None:
         self._last_sent = time.monotonic()
@@ -130,18 +145,22 @@ class MapSession:
             self._timer = loop.call_later(self.keepalive - idle + self._jitter(), keepalive_due)
 
         self._timer = loop.call_later(self.keepalive + self._jitter(), keepalive_due)
-        stream_gone = asyncio.ensure_future(self.stream.closed.wait())
-        stream_gone.add_done_callback(lambda _: self.close())
+        self.stream.add_close_callback(self.close)
         try:
             while not self.closed.is_set():
-                frame = await self.queue.get()
-                if frame is None or self.stream.closed.is_set():
+                backlog = self._backlog
+                if not backlog:
+                    self._backlog = None  # drained: do not keep the deque for hours
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                if self.stream.closed.is_set():
                     break
+                frame = backlog.popleft()
                 self._sending = True
                 await self.stream.send_data(frame)
                 self._sending = False
                 self._sent(frame)
         finally:
             self._timer.cancel()
-            stream_gone.cancel()
             self.closed.set()

@@ -97,7 +97,9 @@ async def serve_ts2021(
             remote=remote,
             max_body=max_body,
         )
-        await session.run(buffered)
+        handed = [buffered]  # this frame lives as long as the connection: hold no bytes
+        del buffered
+        await session.run(handed.pop())
     except (ConnectionError, RemoteProtocolError) as exc:
         log.info("ts2021 %s: connection lost: %s", remote, exc)
     finally:

@@ -124,9 +124,11 @@ class FrontProtocol(asyncio.Protocol):
         protocol.connection_made(transport)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
 
+        handed = [buffered]  # run() lives as long as the connection: hold no bytes
+
         async def run() -> None:
             try:
-                await handler(head, reader, writer, buffered)
+                await handler(head, reader, writer, handed.pop())
             except Exception:
                 log.exception("upgrade handler for %s failed", head.path)
             finally:

@@ -43,7 +43,7 @@ class MachineHandler:
             await resp.respond(404, f"{req.path} is not served by this control server".encode())
             return
         try:
-            body = json.loads(req.body or b"{}")
+            body = json.loads(req.take_body() or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
         except ValueError as exc:

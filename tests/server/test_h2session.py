@@ -10,6 +10,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 
 from headscale_core.protocol.keys import MachinePublic
@@ -156,5 +157,30 @@ def test_fast_path_declines_a_stream_the_client_ended(how: str) -> None:
         pair.wire.sent.clear()
         assert not response.try_send_nowait(b"late")
         assert pair.wire.sent == []
+
+    asyncio.run(scenario())
+
+
+def test_settings_are_kept_compact_and_still_change() -> None:
+    async def scenario() -> None:
+        pair = _Pair()
+        codes = h2.settings.SettingCodes
+        pair.client.update_settings({codes.INITIAL_WINDOW_SIZE: 1 << 20, codes.MAX_HEADER_LIST_SIZE: 1 << 16})
+        pair.to_server()
+        server = pair.session.h2
+        for settings in (server.local_settings, server.remote_settings):
+            assert {type(v).__name__ for v in settings._settings.values()} == {"_SettingValues"}
+        assert server.remote_settings.initial_window_size == 1 << 20
+        assert server.remote_settings.max_header_list_size == 1 << 16
+        sid, response = await pair.open_stream()
+        assert server.local_flow_control_window(sid) == min(server.outbound_flow_control_window, 1 << 20)
+        # the client acknowledges our settings: the compacted values take the ack as h2's deques did
+        assert [type(e) for e in pair.to_client() if isinstance(e, h2.events.SettingsAcknowledged)]
+        pair.to_server()
+        server.update_settings({codes.MAX_CONCURRENT_STREAMS: 50})
+        pair.session.flush_nowait()
+        pair.to_client()
+        pair.to_server()
+        assert server.local_settings.max_concurrent_streams == 50
 
     asyncio.run(scenario())
