@@ -114,7 +114,7 @@ class Mapper:
         message, peer_nodes = self._full_map_parts(node_id)
         body = dumps(message)
         if peer_nodes:
-            peers = b",".join([self.peers.peer_bytes(p, node_id) for p in peer_nodes])
+            peers = self.peers.peers_bytes(peer_nodes, node_id)
             body = b"".join((body[:-1], b',"Peers":[', peers, b"]}"))
         return self.encode_body(body, "full"), message, peer_nodes
 
@@ -204,7 +204,19 @@ class Mapper:
         topology = bool(batch.changed or batch.removed)
         patched_ids = sorted(batch.patched)
         self.peers.forget(batch.removed)
-        for session in list(self.sessions.values()):
+        sessions: list[MapSession] = list(self.sessions.values())
+        if (batch.patched and stale is not None and not stale and not topology and not batch.self_changed
+                and not batch.policy and not batch.derp and not batch.users):
+            # Only patches, and no viewer's view can have moved: the sessions that know a patched
+            # peer are the only ones with anything to hear. Picking them is a set lookup each;
+            # the loop below is microseconds each, which a sparse tailnet of 5,000 paid per change.
+            touched = set(batch.patched)
+            if len(touched) == 1:
+                (only,) = touched
+                sessions = [session for session in sessions if only in session.known_peers]
+            else:
+                sessions = [session for session in sessions if not touched.isdisjoint(session.known_peers)]
+        for session in sessions:
             viewer = session.node_id
             if viewer not in nodes:
                 session.close()

@@ -127,6 +127,30 @@ class PeerJSON:
             variant[1] = dumps(variant[0])
         return variant[1]  # type: ignore[no-any-return]
 
+    def peers_bytes(self, nodes: Iterable[Node], viewer_id: int) -> bytes:
+        """``nodes``' JSON as seen by ``viewer_id``, comma-joined (a full map's ``Peers``).
+
+        The same as joining ``peer_bytes`` per node, with what every peer shares (the clock,
+        the online set, the policy version) looked up once: a full map has a thousand peers."""
+        now = datetime.now(UTC)
+        online = self.state.store.online
+        version = self.state.policy.version
+        entries = self._entries
+        out: list[bytes] = []
+        for node in nodes:
+            entry = entries.get(node.id)
+            if (entry is not None and entry.node is node and entry.online == (node.id in online)
+                    and entry.expired == (node.expiry is not None and node.expiry <= now)
+                    and entry.uniform_version == version and entry.uniform is not None):
+                variant = entry.uniform
+            else:
+                variant = self._variant(node, viewer_id)
+            encoded = variant[1]
+            if encoded is None:
+                encoded = variant[1] = dumps(variant[0])
+            out.append(encoded)
+        return b",".join(out)
+
     def forget(self, node_ids: Iterable[int]) -> None:
         for node_id in node_ids:
             self._entries.pop(node_id, None)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from headscale_core.events import Event
 from headscale_core.hookspecs import hookimpl
@@ -160,6 +161,13 @@ async def test_advertised_routes_covered_by_auto_approvers_are_approved(tmp_path
                     break
             else:
                 raise AssertionError("the laptop's map stream ended before the route arrived")
+        # Full maps splice each peer's cached JSON; it must say what the dict path says, for a
+        # viewer that sees the route (viewer-specific AllowedIPs) and one that is the router.
+        mapper = srv.ctx.extras["mapper"]
+        for viewer in (srv.state.store.by_node_key(str(laptop.node.node_public())).id, router_id):
+            frame, _, _ = mapper.full_map_frame(viewer)
+            spliced = json.loads(zstandard.ZstdDecompressor().decompress(frame[4:]))["Peers"]
+            assert spliced == mapper.full_map(viewer)[0]["Peers"]
         for stream in (watching, advertising):
             await stream.aclose()
         for machine in (laptop, router):

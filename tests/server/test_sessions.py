@@ -4,6 +4,7 @@ expiry and DERP map refresh — all through the real ts2021 path on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -200,4 +201,30 @@ async def test_keepalives_go_out_only_while_a_stream_is_otherwise_quiet(tmp_path
         assert len([m for m in got if "PeersChanged" in m]) >= 6
         assert not [m for m in got if m.get("KeepAlive")], got
         for s in (a, b):
+            await s.client.close()
+
+
+async def test_a_patch_reaches_exactly_the_sessions_that_see_the_node(tmp_path: Path) -> None:
+    async with running(tmp_path, policy={"mode": "database"}) as srv:
+        await srv.state.set_policy(json.dumps({"acls": [
+            {"action": "accept", "src": ["alice@"], "dst": ["alice@:*"]},
+            {"action": "accept", "src": ["bob@"], "dst": ["bob@:*"]},
+        ]}))
+        alice, bob = await srv.state.create_user("alice"), await srv.state.create_user("bob")
+        a, b, c = Sim(srv.url, "a"), Sim(srv.url, "b"), Sim(srv.url, "c")
+        await a.join((await srv.state.create_preauth_key(alice, reusable=True))[1])
+        await b.join((await srv.state.create_preauth_key(alice, reusable=True))[1])
+        await c.join((await srv.state.create_preauth_key(bob, reusable=True))[1])
+        streams = {s.name: s.client.map_stream(s.map_request()) for s in (b, c)}
+        for stream in streams.values():
+            await stream.__anext__()
+            await drain(stream)
+        a_id = srv.state.store.by_node_key(str(a.node.node_public())).id
+        await a.client.lite_update(str(a.node.node_public()), endpoints=["192.0.2.1:41641"])
+        heard_b, heard_c = await drain(streams["b"], 1.0), await drain(streams["c"], 0.3)
+        patches = [p for m in heard_b for p in m.get("PeersChangedPatch") or []]
+        assert {p["NodeID"] for p in patches} == {a_id}
+        assert patches[-1]["Endpoints"] == ["192.0.2.1:41641"]
+        assert not [m for m in heard_c if "PeersChangedPatch" in m or "PeersChanged" in m], heard_c
+        for s in (a, b, c):
             await s.client.close()

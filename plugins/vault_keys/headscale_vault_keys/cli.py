@@ -18,7 +18,6 @@ from headscale_core.config import Config
 from headscale_core.errors import InvalidRequest
 from headscale_core.protocol.keys import public_from_private
 from headscale_core.providers import KeyStoreError
-from headscale_vault_keys.store import vault_key_store
 
 ROTATABLE = ("derp", "noise")
 
@@ -50,6 +49,8 @@ def cmd_keys_migrate(args: argparse.Namespace) -> int:
     if "noise" not in files:
         raise InvalidRequest(f"no noise key file at {key_files(config)['noise']}: nothing to migrate "
                              "(check noise.private_key_path and data_dir)")
+    from headscale_vault_keys.store import vault_key_store
+
     store = vault_key_store(config)
 
     async def run() -> None:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from headscale_core.errors import ConfigError
 from headscale_vault_keys.client import DeletedSecret, VaultAccessError, connect, read_secret
-from headscale_vault_keys.settings import VaultSection
+from headscale_vault_keys.settings import SCHEME, VaultSection
 
-SCHEME = "vault:"
 _REFERENCE = re.compile(r"vault:(?P<mount>[^/#\s]+)/(?P<path>[^#\s]+)#(?P<field>[^\s#]+)")
 
 

@@ -13,6 +13,9 @@ from typing import Any
 
 from headscale_core.configschema import doc
 
+# Secret references in the config: vault:<mount>/<path>#<field>.
+SCHEME = "vault:"
+
 K8S_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
