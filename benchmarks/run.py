@@ -141,7 +141,8 @@ async def run(args: argparse.Namespace) -> Path:
     plans: list[tuple[Tailnet, int, list[str], str]] = []
     if args.small_storm:
         plans.append((dense_tailnet(), args.small_storm, ["registration_storm"], f"dense_{args.small_storm}"))
-    plans.append((dense_tailnet(), args.nodes, phases, f"dense_{args.nodes}"))
+    if args.nodes:  # --nodes 0: only the sparse tailnet (e.g. the 10,000-node run)
+        plans.append((dense_tailnet(), args.nodes, phases, f"dense_{args.nodes}"))
     if args.sparse_nodes:
         plans.append((sparse_tailnet(), args.sparse_nodes,
                       [p for p in phases if p in ("reconnect_storm", "steady_idle", "endpoint_change")],
