@@ -49,6 +49,7 @@ class Mapper:
         self._last_done = 0.0  # when it ended (perf_counter)
         self._policy_version = -1  # the compiled policy's version the last fan-out saw
         self._keepalive: tuple[int, bytes] = (-1, b"")
+        self.sessions_ended = 0  # ever: the heap keeper sweeps after churn
         state.on_change(self.on_change)
 
     # ---- sessions -----------------------------------------------------------------------
@@ -62,7 +63,13 @@ class Mapper:
         session = MapSession(node_id, stream, capver=capver, keepalive=self.keepalive,
                              keepalive_frame=self.keepalive_frame)
         frame, message, peer_nodes = self.full_map_frame(node_id)
-        session.known_peers = frozenset(p.id for p in peer_nodes)
+        # The policy's own set when it names exactly the peers sent (the usual case): shared,
+        # not a copy per session (at N = 1,000 everyone-sees-everyone, 32 KB each).
+        shared_set = self.state.policy.visible_peers_set(node_id)
+        if len(shared_set) == len(peer_nodes):
+            session.known_peers = shared_set
+        else:
+            session.known_peers = frozenset(p.id for p in peer_nodes)
         for field in ("PacketFilter", "SSHPolicy"):
             if field in message:
                 session.remember(field, message[field])
@@ -72,6 +79,7 @@ class Mapper:
 
     def close_session(self, session: MapSession) -> bool:
         """Forget ``session``; True when it was the node's current one (then the node is offline)."""
+        self.sessions_ended += 1
         session.close()
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
@@ -214,6 +222,14 @@ class Mapper:
             if len(touched) == 1:
                 (only,) = touched
                 sessions = [session for session in sessions if only in session.known_peers]
+                if only in nodes:
+                    # One peer patched (an endpoint moved): the same message for every session
+                    # that knows it, encoded once, and nothing else to work out per session.
+                    patch = self.encode({"PeersChangedPatch": [
+                        wire.peer_change(state, nodes[only], batch.patched[only])]}, "patch")
+                    for session in sessions:
+                        session.push(patch)
+                    return len(sessions)
             else:
                 sessions = [session for session in sessions if not touched.isdisjoint(session.known_peers)]
         for session in sessions:

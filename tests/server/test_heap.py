@@ -77,3 +77,18 @@ def test_config_rejects_a_sweep_shorter_than_the_freeze(tmp_path: Path) -> None:
     path.write_text("tuning:\n  gc_freeze_interval: 5m\n  gc_sweep_interval: 1m\n")
     with pytest.raises(ConfigError, match="tuning.gc_sweep_interval: '1m' must not be shorter"):
         load_config(str(path))
+
+
+def test_churn_brings_the_sweep_forward() -> None:
+    counts = {"ended": 0, "open": 5000}
+    keeper = HeapKeeper(freeze_interval=30, sweep_interval=600,
+                        churn=lambda: (counts["ended"], counts["open"]))
+    counts["ended"] = 400
+    assert not keeper.churned(), "fewer than a tenth of the open connections ended"
+    counts["ended"] = 600
+    assert keeper.churned()
+    keeper.sweep()
+    assert not keeper.churned(), "a sweep resets the count"
+    counts["ended"] = 1200
+    assert keeper.churned()
+    assert not HeapKeeper(freeze_interval=30, sweep_interval=600).churned()
