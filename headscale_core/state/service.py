@@ -395,9 +395,8 @@ class StateService:
             return
         try:
             async with self.writing() as s:
-                for node in dirty.values():
-                    if node.id in self.store.nodes:
-                        await repo.update_node(s, self.store.nodes[node.id], utcnow())
+                await repo.update_nodes(s, [self.store.nodes[node_id] for node_id in dirty
+                                            if node_id in self.store.nodes], utcnow())
         except BaseException as exc:
             # Keep the rows for the next flush whatever interrupted this one (an error, or
             # shutdown cancelling the write-behind task): nothing is silently dropped.
