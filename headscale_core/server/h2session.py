@@ -240,8 +240,11 @@ class _SettingValues(list[Any]):
 
 
 def compact_settings(settings: h2.settings.Settings) -> None:
-    """Swap ``settings``' per-key deques for ``_SettingValues`` (same values, same order)."""
-    values = settings._settings
+    """Swap ``settings``' per-key deques for ``_SettingValues`` (same values, same order).
+    An h2 without that private mapping is left as it is (only the memory saving is lost)."""
+    values = getattr(settings, "_settings", None)
+    if not isinstance(values, dict):
+        return
     for key, items in values.items():
         if type(items) is not _SettingValues:
             values[key] = _SettingValues(items)  # type: ignore[assignment]
