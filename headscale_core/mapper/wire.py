@@ -102,9 +102,12 @@ class PeerJSON:
         self.state = state
         self._entries: dict[int, _PeerEntry] = {}
 
-    def _variant(self, node: Node, viewer_id: int) -> list[Any]:
+    def _variant(self, node: Node, viewer_id: int, now: datetime | None = None) -> list[Any]:
+        """``[dict, encoded bytes or None]`` of ``node`` as ``viewer_id`` sees it; ``now`` (the
+        expiry clock) may be passed by a caller asking for many peers at once."""
         policy = self.state.policy
-        online, expired = node.id in self.state.store.online, is_expired(node)
+        online = node.id in self.state.store.online
+        expired = node.expiry is not None and node.expiry <= (now or datetime.now(UTC))
         entry = self._entries.get(node.id)
         if entry is None or entry.node is not node or entry.online != online or entry.expired != expired:
             entry = self._entries[node.id] = _PeerEntry(
@@ -121,34 +124,16 @@ class PeerJSON:
     def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
         return self._variant(node, viewer_id)[0]  # type: ignore[no-any-return]
 
-    def peer_bytes(self, node: Node, viewer_id: int) -> bytes:
-        variant = self._variant(node, viewer_id)
-        if variant[1] is None:
-            variant[1] = dumps(variant[0])
-        return variant[1]  # type: ignore[no-any-return]
-
     def peers_bytes(self, nodes: Iterable[Node], viewer_id: int) -> bytes:
-        """``nodes``' JSON as seen by ``viewer_id``, comma-joined (a full map's ``Peers``).
-
-        The same as joining ``peer_bytes`` per node, with what every peer shares (the clock,
-        the online set, the policy version) looked up once: a full map has a thousand peers."""
+        """``nodes``' JSON as seen by ``viewer_id``, comma-joined (a full map's ``Peers``), each
+        encoded once per node version and variant; the clock is read once, not per peer."""
         now = datetime.now(UTC)
-        online = self.state.store.online
-        version = self.state.policy.version
-        entries = self._entries
         out: list[bytes] = []
         for node in nodes:
-            entry = entries.get(node.id)
-            if (entry is not None and entry.node is node and entry.online == (node.id in online)
-                    and entry.expired == (node.expiry is not None and node.expiry <= now)
-                    and entry.uniform_version == version and entry.uniform is not None):
-                variant = entry.uniform
-            else:
-                variant = self._variant(node, viewer_id)
-            encoded = variant[1]
-            if encoded is None:
-                encoded = variant[1] = dumps(variant[0])
-            out.append(encoded)
+            variant = self._variant(node, viewer_id, now)
+            if variant[1] is None:
+                variant[1] = dumps(variant[0])
+            out.append(variant[1])
         return b",".join(out)
 
     def forget(self, node_ids: Iterable[int]) -> None:

@@ -164,7 +164,7 @@ class ResponseStream:
             return False
         h2conn.outbound_flow_control_window -= size
         stream.outbound_flow_control_window -= size
-        session.write_plain(data_frames(self.stream_id, data, h2conn.max_outbound_frame_size))
+        session.flush_nowait(data_frames(self.stream_id, data, h2conn.max_outbound_frame_size))
         return True
 
     async def end(self) -> None:
@@ -357,19 +357,16 @@ class H2Session:
         """Is the socket's send buffer past the point where writers should wait?"""
         return self._dead or self._channel.backlog() > _WRITE_HIGH_WATER
 
-    def flush_nowait(self) -> None:
+    def flush_nowait(self, frames: bytes = b"") -> None:
+        """Send what h2 has queued, then ``frames`` made outside h2 (the fast DATA path), in
+        one Noise write."""
         if self._dead:
             return
         data = self.h2.data_to_send()
+        if frames:
+            data = data + frames if data else frames
         if data:
             self._channel.write(self._transport.encrypt(data))
-
-    def write_plain(self, frames: bytes) -> None:
-        """Send HTTP/2 frames made outside h2, after whatever h2 has queued, in one Noise write."""
-        if self._dead:
-            return
-        queued = self.h2.data_to_send()
-        self._channel.write(self._transport.encrypt(queued + frames if queued else frames))
 
     async def flush(self) -> None:
         """Send what h2 has queued and wait for the socket to drain (back-pressure)."""
