@@ -146,7 +146,8 @@ class CLISection:
 
 @dataclass(frozen=True)
 class TuningSection:
-    batch_change_delay: str = doc("Window in which changes are coalesced before being sent.", "10ms")
+    batch_change_delay: str = doc("Changes are coalesced into at most one fan-out per window: the first change "
+                                  "after a quiet spell goes out at once, later ones wait for the rest of the window.", "10ms")
     register_cache_expiration: str = doc("How long a pending interactive registration lives.", "15m")
     register_cache_max_entries: int = doc("Pending registrations kept at most.", 1024)
     keepalive_interval: str = doc("Interval of map-stream keep-alives.", "50s")

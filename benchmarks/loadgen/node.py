@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import h2.exceptions
+
 from benchmarks.loadgen.peertable import PeerTable
 from headscale_core.protocol.keys import PrivateKey
 from headscale_core.protocol.mapstream import MapStreamDecoder
@@ -50,6 +52,34 @@ class CountingClient(TSClient):
         self._sinks: dict[int, Callable[[bytes], None]] = {}
         self._frames = bytearray()
         self._uncredited: dict[int, int] = {}
+        self._lost: asyncio.Future[None] | None = None
+
+    def _start(self, leftover: bytes) -> None:
+        """Read through a protocol of our own instead of the StreamReader and a reader task:
+        received bytes are handled in the transport's callback, with no task switch per read
+        (~10 us each here, for every one of a thousand nodes' frames on one core)."""
+        self._flush()
+        if leftover:
+            self._receive(leftover)
+        transport = self._writer.transport
+        self._lost = asyncio.get_running_loop().create_future()
+        transport.set_protocol(_DirectProtocol(self, self._lost))
+
+    def _flush(self) -> None:
+        if self._h2._data_to_send:  # nothing queued in h2 after most reads: skip its copy
+            super()._flush()
+
+    async def close(self) -> None:
+        if self._closed is None:
+            try:
+                self._h2.close_connection()
+                self._flush()
+            except h2.exceptions.ProtocolError:
+                pass
+            self._shut("client closed the connection")
+        self._writer.transport.close()
+        if self._lost is not None:
+            await asyncio.gather(self._lost, return_exceptions=True)
 
     def _receive(self, data: bytes) -> None:
         self.bytes_received += len(data)
@@ -134,6 +164,33 @@ class CountingClient(TSClient):
             self._sinks.pop(stream_id, None)
             self._uncredited.pop(stream_id, None)
             self._cancel_stream(stream_id)
+
+
+class _DirectProtocol(asyncio.Protocol):
+    """Hands a ``CountingClient`` what its connection receives, as it arrives."""
+
+    def __init__(self, client: CountingClient, lost: asyncio.Future[None]) -> None:
+        self._client = client
+        self._lost = lost
+
+    def data_received(self, data: bytes) -> None:
+        client = self._client
+        if client._closed is not None:
+            return
+        try:
+            client._receive(data)
+        except Exception as exc:  # a protocol error from the server ends this connection
+            client._shut(f"{type(exc).__name__}: {exc}")
+            client._writer.transport.close()
+
+    def eof_received(self) -> bool:
+        self._client._shut("server closed the connection")
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._shut(f"connection lost: {exc}" if exc else "server closed the connection")
+        if not self._lost.done():
+            self._lost.set_result(None)
 
 
 def linux_hostinfo(name: str, rng: random.Random) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The mapper: turns state changes into per-recipient map messages.
 
-Changes arriving within ``tuning.batch_change_delay`` are coalesced into one ``ChangeBatch``.
+Changes are coalesced into one ``ChangeBatch`` per ``tuning.batch_change_delay``: the first
+change after a quiet spell goes out at once, later ones wait until a window after the last
+fan-out.
 For each connected session the batch becomes the smallest message the client understands
 (``PeersChangedPatch``, ``PeersChanged``, ``PeersRemoved``, a new ``PacketFilter`` only when
 that recipient's filter changed). Identical messages are serialised and compressed once per
@@ -166,13 +168,18 @@ class Mapper:
             self._batch.add(change)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            # Adaptive window: while fan-outs are expensive and back to back (a registration
-            # storm under a policy), wait as long as the last one took, so each covers more
-            # changes and the fan-out work stays at most about half of the time. A change after
-            # the server has been idle that long goes out after the plain delay.
-            window = self.delay
-            if time.perf_counter() - self._last_done < self._last_apply:
-                window = max(window, self._last_apply)
+            since = time.perf_counter() - self._last_done
+            if since < self._last_apply:
+                # Fan-outs expensive and back to back (a registration storm under a policy):
+                # wait as long as the last one took, so each covers more changes and fan-out
+                # work stays at most about half of the time.
+                window = max(self.delay, self._last_apply)
+            else:
+                # Leading edge: a change after a quiet spell goes out on the next turn of the
+                # loop (with whatever else that turn emits), not a window later; changes while
+                # one went out less than a window ago wait for the rest of that window. Fan-outs
+                # stay at least a window apart, and an isolated endpoint move costs no delay.
+                window = max(0.0, self.delay - since)
             self._flush_handle = loop.call_later(window, self._start_flush)
 
     def _start_flush(self) -> None:

@@ -271,6 +271,13 @@ class NoiseTransport:
 
     def encrypt(self, data: bytes) -> bytes:
         """Seal ``data`` into as many records as needed (at most 4077 plaintext bytes each)."""
+        if len(data) <= MAX_PLAINTEXT_SIZE:  # one record (every delta of a fan-out): no slicing
+            nonce = self._send_nonce
+            if nonce >= _MAX_NONCE:
+                raise LocalProtocolError("Noise send nonce exhausted: open a new connection")
+            self._send_nonce = nonce + 1
+            sealed = self._send.encrypt(_NONCE.pack(nonce), data, None)
+            return _RECORD_HEADER.pack(MSG_RECORD, len(sealed)) + sealed
         view = memoryview(data)
         parts: list[bytes] = []
         for start in range(0, len(view), MAX_PLAINTEXT_SIZE):

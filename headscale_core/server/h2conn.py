@@ -114,13 +114,14 @@ class StreamChannel(ByteChannel):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport  # written to directly: a fan-out writes to thousands
 
     async def read(self) -> bytes:
         return await self._reader.read(1 << 16)
 
     def write(self, data: bytes) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(data)
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     async def drain(self) -> None:
         if self._writer.is_closing():
@@ -128,8 +129,7 @@ class StreamChannel(ByteChannel):
         await self._writer.drain()
 
     def backlog(self) -> int:
-        transport = self._writer.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
+        return self._transport.get_write_buffer_size()
 
     async def close(self) -> None:
         self._writer.close()

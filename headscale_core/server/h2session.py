@@ -157,7 +157,7 @@ class ResponseStream:
         h2conn = session.h2
         stream = h2conn.streams.get(self.stream_id)
         if (stream is None or stream.state_machine.state not in _SENDING
-                or h2conn.state_machine.state is not h2.connection.ConnectionState.SERVER_OPEN):
+                or h2conn.state_machine.state is not _SERVER_OPEN):
             return False  # send_data will say why
         size = len(data)
         if size > h2conn.outbound_flow_control_window or size > stream.outbound_flow_control_window:
@@ -252,6 +252,7 @@ def compact_settings(settings: h2.settings.Settings) -> None:
 
 _SENDING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE})
 _DATA_FRAME_TAIL = b"\x00\x00"  # type DATA, no flags
+_SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 
 
 def data_frames(stream_id: int, data: bytes, max_frame_size: int) -> bytes:
@@ -362,7 +363,9 @@ class H2Session:
         one Noise write."""
         if self._dead:
             return
-        data = self.h2.data_to_send()
+        # h2's data_to_send copies and replaces its buffer even when empty; a fan-out's sessions
+        # have nothing queued in h2, so look first.
+        data = self.h2.data_to_send() if self.h2._data_to_send else b""
         if frames:
             data = data + frames if data else frames
         if data:

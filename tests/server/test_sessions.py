@@ -44,6 +44,34 @@ async def test_registration_burst_is_coalesced_not_full_maps(tmp_path: Path) -> 
             await s.client.close()
 
 
+async def test_a_change_after_a_quiet_spell_goes_out_at_once_and_the_next_waits_a_window(tmp_path: Path) -> None:
+    # Leading edge: the first change after quiet costs no batching delay; one that follows
+    # within the window waits for the rest of it, so fan-outs stay a window apart.
+    async with running(tmp_path, tuning={"batch_change_delay": "1500ms"}) as srv:
+        key = await user_key(srv.state)
+        a, b = Sim(srv.url, "a"), Sim(srv.url, "b")
+        await a.join(key)
+        await b.join(key)
+        stream = a.client.map_stream(a.map_request())
+        await stream.__anext__()
+        await drain(stream, 1.8)  # b's registration, a window apart from anything before
+        loop = asyncio.get_running_loop()
+        arrivals: list[float] = []
+        for port in (41001, 41002):
+            sent = loop.time()
+            await b.client.lite_update(str(b.node.node_public()), endpoints=[f"192.0.2.7:{port}"])
+            while True:
+                message = await asyncio.wait_for(stream.__anext__(), 5)
+                patches = message.get("PeersChangedPatch") or []
+                if any(f"192.0.2.7:{port}" in (p.get("Endpoints") or []) for p in patches):
+                    arrivals.append(loop.time() - sent)
+                    break
+        assert arrivals[0] < 0.75, f"isolated change waited {arrivals[0]:.3f} s"
+        assert arrivals[1] > 0.75, f"second change within the window went out after {arrivals[1]:.3f} s"
+        for s in (a, b):
+            await s.client.close()
+
+
 async def test_newer_stream_replaces_the_old_one_and_online_state_follows(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
         key = await user_key(srv.state)
