@@ -17,6 +17,7 @@ import zstandard
 
 from benchmarks.loadgen.node import SimNode
 from benchmarks.loadgen.peertable import MapMessage, Peer, decode_message
+from headscale_core.protocol.mapstream import decompress_frames
 from headscale_core.testing.tsclient import fetch_server_key
 
 # Frames below this size are applied on arrival: deltas cost microseconds to decode.
@@ -157,8 +158,7 @@ class Fleet:
         decoded message is shared: appliers must not modify it)."""
         message = self._decoded.get(frame)
         if message is None:
-            decompressor = self._decompressor.decompressobj()  # Go's frames may omit the content size
-            message = decode_message(decompressor.decompress(frame))
+            message = decode_message(decompress_frames(self._decompressor, frame))
             if len(self._decoded) >= DECODED_CACHE:
                 del self._decoded[next(iter(self._decoded))]
             self._decoded[frame] = message

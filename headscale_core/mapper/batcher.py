@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from headscale_core.config import parse_duration
 from headscale_core.mapper import wire
+from headscale_core.mapper.fullmap import FullMapFrames
 from headscale_core.mapper.session import MapSession
 from headscale_core.protocol.mapstream import MapMessageEncoder
 from headscale_core.protocol.wirejson import dumps
@@ -48,6 +49,7 @@ class Mapper:
         self.sessions: dict[int, MapSession] = {}
         self.encoder = MapMessageEncoder()
         self.peers = wire.PeerJSON(state)
+        self.full_maps = FullMapFrames(self.encoder)
         self.delay = parse_duration(state.config.tuning.batch_change_delay)
         self.keepalive = parse_duration(state.config.tuning.keepalive_interval)
         self._batch = ChangeBatch()
@@ -125,14 +127,19 @@ class Mapper:
 
     def full_map_frame(self, node_id: int) -> tuple[bytes, dict[str, Any], list[Node]]:
         """The full map framed for the wire, its message without ``Peers``, and the peers.
-        Peers' JSON is spliced in from ``PeerJSON``'s encoded variants, not encoded again for
-        every new session."""
+        Peers' JSON comes from ``PeerJSON``'s encoded variants, compressed in runs that
+        viewers seeing the same peers share (``FullMapFrames``)."""
         message, peer_nodes = self._full_map_parts(node_id)
         body = dumps(message)
-        if peer_nodes:
-            peers = self.peers.peers_bytes(peer_nodes, node_id)
-            body = b"".join((body[:-1], b',"Peers":[', peers, b"]}"))
-        return self.encode_body(body, "full"), message, peer_nodes
+        if not peer_nodes:
+            return self.encode_body(body, "full"), message, peer_nodes
+        now = datetime.now(UTC)  # the expiry clock, read once for every peer
+        variant = self.peers.variant
+        peers = [(peer.id, variant(peer, node_id, now)) for peer in peer_nodes]
+        frame = self.encoder.frame(self.full_maps.body(peers, body))
+        if self.metrics is not None:
+            self.metrics.map_message("full", len(frame))
+        return frame, message, peer_nodes
 
     def _full_map_parts(self, node_id: int) -> tuple[dict[str, Any], list[Node]]:
         state = self.state
@@ -223,7 +230,10 @@ class Mapper:
         allow_all = policy.allow_all
         nodes = state.store.nodes
         topology = bool(batch.changed or batch.removed)
-        patched_ids = sorted(batch.patched)
+        # Every viewer of a patched peer gets the same PeerChange: built once per batch.
+        patches = {nid: wire.peer_change(state, nodes[nid], fields)
+                   for nid, fields in batch.patched.items() if nid in nodes}
+        patched_ids = sorted(patches)
         self.peers.forget(batch.removed)
         sessions: list[MapSession] = list(self.sessions.values())
         if _only_patches(batch) and stale is not None and not stale:
@@ -235,8 +245,7 @@ class Mapper:
             if len(touched) == 1 and (only := next(iter(touched))) in nodes:
                 # One peer patched (an endpoint moved): the same message for every one of them,
                 # encoded once, and nothing else to work out per session.
-                patch = self.encode({"PeersChangedPatch": [
-                    wire.peer_change(state, nodes[only], batch.patched[only])]}, "patch")
+                patch = self.encode({"PeersChangedPatch": [patches[only]]}, "patch")
                 for session in sessions:
                     session.push(patch)
                 return len(sessions)
@@ -283,8 +292,7 @@ class Mapper:
                 message["PeersChanged"] = peers
                 key.append(("c", tuple(map(id, peers))))
             if patched:
-                message["PeersChangedPatch"] = [
-                    wire.peer_change(state, nodes[nid], batch.patched[nid]) for nid in patched]
+                message["PeersChangedPatch"] = [patches[nid] for nid in patched]
                 key.append(("p", tuple(patched)))
             personal = False
             if viewer in batch.self_changed:

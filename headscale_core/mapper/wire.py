@@ -6,6 +6,7 @@ Exact Go field names; zero values omitted rather than sent as ``""`` (a key fiel
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,9 @@ SELF_CAPS = {
 def go_time(when: datetime | None) -> str:
     if when is None:
         return ZERO_TIME
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if when.tzinfo is not UTC:
+        when = when.astimezone(UTC)
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def node_base(state: StateService, node: Node, *, online: bool, expired: bool) -> dict[str, Any]:
@@ -102,9 +105,9 @@ class PeerJSON:
         self.state = state
         self._entries: dict[int, _PeerEntry] = {}
 
-    def _variant(self, node: Node, viewer_id: int, now: datetime | None = None) -> list[Any]:
-        """``[dict, encoded bytes or None]`` of ``node`` as ``viewer_id`` sees it; ``now`` (the
-        expiry clock) may be passed by a caller asking for many peers at once."""
+    def variant(self, node: Node, viewer_id: int, now: datetime | None = None) -> PeerVariant:
+        """``node`` as ``viewer_id`` sees it; ``now`` (the expiry clock) may be passed by a
+        caller asking for many peers at once."""
         policy = self.state.policy
         online = node.id in self.state.store.online
         expired = node.expiry is not None and node.expiry <= (now or datetime.now(UTC))
@@ -122,44 +125,53 @@ class PeerJSON:
         return entry.variant(tuple(policy.peer_allowed_ips(viewer_id, node)), tuple(policy.primary_routes(node)))
 
     def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
-        return self._variant(node, viewer_id)[0]  # type: ignore[no-any-return]
-
-    def peers_bytes(self, nodes: Iterable[Node], viewer_id: int) -> bytes:
-        """``nodes``' JSON as seen by ``viewer_id``, comma-joined (a full map's ``Peers``), each
-        encoded once per node version and variant; the clock is read once, not per peer."""
-        now = datetime.now(UTC)
-        out: list[bytes] = []
-        for node in nodes:
-            variant = self._variant(node, viewer_id, now)
-            if variant[1] is None:
-                variant[1] = dumps(variant[0])
-            out.append(variant[1])
-        return b",".join(out)
+        return self.variant(node, viewer_id).json
 
     def forget(self, node_ids: Iterable[int]) -> None:
         for node_id in node_ids:
             self._entries.pop(node_id, None)
 
 
+_serials = itertools.count(1)
+
+
+class PeerVariant:
+    """A peer's ``tailcfg.Node`` JSON as some viewers see it, and its encoding once asked for.
+    ``serial`` is never reused in the process: caches key on it without holding the variant."""
+
+    __slots__ = ("json", "_encoded", "serial")
+
+    def __init__(self, json: dict[str, Any]) -> None:
+        self.json = json
+        self._encoded: bytes | None = None
+        self.serial = next(_serials)
+
+    @property
+    def encoded(self) -> bytes:
+        if self._encoded is None:
+            self._encoded = dumps(self.json)
+        return self._encoded
+
+
 class _PeerEntry:
-    """One node version's viewer-independent JSON and its per-viewer variants
-    (``[dict, encoded bytes or None]`` by AllowedIPs and PrimaryRoutes)."""
+    """One node version's viewer-independent JSON and its per-viewer variants (by AllowedIPs
+    and PrimaryRoutes)."""
 
     __slots__ = ("node", "online", "expired", "base", "variants", "uniform", "uniform_version")
 
     def __init__(self, node: Node, online: bool, expired: bool, base: dict[str, Any]) -> None:
         self.node, self.online, self.expired, self.base = node, online, expired, base
-        self.variants: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = {}
-        self.uniform: list[Any] | None = None
+        self.variants: dict[tuple[tuple[str, ...], tuple[str, ...]], PeerVariant] = {}
+        self.uniform: PeerVariant | None = None
         self.uniform_version = -1
 
-    def variant(self, allowed: tuple[str, ...], primaries: tuple[str, ...]) -> list[Any]:
+    def variant(self, allowed: tuple[str, ...], primaries: tuple[str, ...]) -> PeerVariant:
         found = self.variants.get((allowed, primaries))
         if found is None:
             out = dict(self.base, AllowedIPs=list(allowed))
             if primaries:
                 out["PrimaryRoutes"] = list(primaries)
-            found = self.variants[allowed, primaries] = [out, None]
+            found = self.variants[allowed, primaries] = PeerVariant(out)
         return found
 
 

@@ -1,8 +1,10 @@
 """Framing of the ``/machine/map`` response body (sans-IO).
 
 Each MapResponse on a map stream is ``uint32 little-endian length || body``, where the body is
-one zstd frame of the JSON when the request said ``Compress: "zstd"`` (every current client
-does) and the raw JSON otherwise. The mapper serialises a message once, ``MapMessageEncoder``
+the JSON compressed with zstd when the request said ``Compress: "zstd"`` (every current client
+does) and the raw JSON otherwise. A zstd body may be several frames one after the other (RFC 8878
+§3.1: a decoder concatenates their contents; tailscaled's decoder takes "zero or more frames"):
+the mapper builds full maps from frames it compressed once for many recipients. The mapper serialises a message once, ``MapMessageEncoder``
 frames it once, and the resulting bytes are shared by every recipient; only the Noise
 encryption below is per connection. ``MapStreamDecoder`` is the client side.
 """
@@ -36,12 +38,22 @@ class MapMessageEncoder:
 
     def encode(self, json_body: bytes, *, compress: bool = True) -> bytes:
         """Return ``LE32(len) || zstd(json_body)`` (or the raw JSON when ``compress`` is false)."""
-        body = self._compressor.compress(json_body) if compress else json_body
-        if len(body) > MAX_MESSAGE_SIZE:
+        return self.frame([self._compressor.compress(json_body) if compress else json_body])
+
+    def compress(self, json_part: bytes) -> bytes:
+        """One zstd frame of ``json_part``: a piece of a message for ``frame``."""
+        return self._compressor.compress(json_part)
+
+    @staticmethod
+    def frame(parts: list[bytes]) -> bytes:
+        """``LE32(len) || parts``: a message body made of zstd frames (of consecutive pieces of
+        one JSON document) or of raw JSON."""
+        size = sum(map(len, parts))
+        if size > MAX_MESSAGE_SIZE:
             raise LocalProtocolError(
-                f"map message of {len(body)} bytes exceeds the {MAX_MESSAGE_SIZE}-byte client limit"
+                f"map message of {size} bytes exceeds the {MAX_MESSAGE_SIZE}-byte client limit"
             )
-        return _LENGTH.pack(len(body)) + body
+        return b"".join((_LENGTH.pack(size), *parts))
 
 
 KEEPALIVE_JSON = b'{"KeepAlive":true}'
@@ -53,8 +65,8 @@ class MapStreamDecoder:
     """Client side: split a map response body into messages and return their JSON bytes.
 
     ``compressed`` must match the ``Compress`` field of the request. Raises
-    ``RemoteProtocolError`` for an oversized message or a body that is not one valid zstd
-    frame; the stream is unusable afterwards.
+    ``RemoteProtocolError`` for an oversized message or a body that is not a sequence of valid
+    zstd frames; the stream is unusable afterwards.
     """
 
     def __init__(self, *, compressed: bool = True, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
@@ -91,21 +103,41 @@ class MapStreamDecoder:
         return len(self._buffer)
 
     def _decompress(self, body: bytes) -> bytes:
-        # A decompressobj copes with frames that omit the content size (Go's encoder may).
-        decompressor = self._decompressor.decompressobj()
         try:
-            out = decompressor.decompress(body)
-        except zstandard.ZstdError as exc:
-            self._fail(f"map message is not valid zstd: {exc}")
-        if not decompressor.eof:
-            self._fail("map message holds a truncated zstd frame")
-        if decompressor.unused_data:
-            self._fail("map message holds bytes after its zstd frame")
-        if len(out) > self._max:
-            self._fail(f"map message decompresses to {len(out)} bytes, over the {self._max}-byte limit")
+            out = decompress_frames(self._decompressor, body, self._max)
+        except ValueError as exc:
+            self._fail(f"map message {exc}")
         return out
 
     def _fail(self, problem: str) -> NoReturn:
         self._failure = problem
         self._buffer.clear()
         raise RemoteProtocolError(problem)
+
+
+def decompress_frames(decompressor: zstandard.ZstdDecompressor, body: bytes,
+                      limit: int = MAX_MESSAGE_SIZE) -> bytes:
+    """The concatenated contents of the zstd frames in ``body`` (at least one).
+
+    Raises ``ValueError`` saying what is wrong: not zstd, a truncated frame, or more than
+    ``limit`` bytes decompressed."""
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        # A decompressobj copes with frames that omit the content size (Go's encoder may).
+        frame = decompressor.decompressobj()
+        try:
+            content = frame.decompress(rest)
+        except zstandard.ZstdError as exc:
+            where = f"after {len(out)} whole zstd frame(s)" if out else "at its start"
+            raise ValueError(f"is not valid zstd {where}: {exc}") from None
+        if not frame.eof:
+            raise ValueError("holds a truncated zstd frame")
+        size += len(content)
+        if size > limit:
+            raise ValueError(f"decompresses to more than the {limit}-byte limit")
+        out.append(content)
+        rest = frame.unused_data
+        if not rest:
+            return out[0] if len(out) == 1 else b"".join(out)

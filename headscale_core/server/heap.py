@@ -11,7 +11,8 @@ every ``freeze_interval``, so automatic collections only walk what is new since 
 frozen while already garbage, or that become cyclic garbage later, are not lost: every
 ``sweep_interval`` everything is unfrozen, collected once and frozen again, and sooner after
 churn: when more connections have ended since the last sweep than a tenth of those open (a
-reconnect storm leaves every old connection's reference cycles frozen: 80 MB at 5,000 nodes).
+reconnect storm leaves every old connection's reference cycles frozen: 80 MB at 5,000 nodes),
+as soon as connections stop ending, so the pause falls right after the storm.
 Reference counting, which frees almost everything, is not affected at all.
 """
 
@@ -25,6 +26,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 log = logging.getLogger(__name__)
+
+CHURN_CHECK_SECONDS = 2.0
 
 
 class HeapKeeper:
@@ -65,14 +68,24 @@ class HeapKeeper:
 
     async def run(self) -> None:
         self.sweep()
-        since_sweep = 0.0
+        # Churn is looked at every few seconds, and swept once connections stop ending (the
+        # storm is over: a sweep in the middle of it would be one of many, each a pause), or at
+        # the next freeze if they go on ending.
+        step = min(CHURN_CHECK_SECONDS, self.freeze_interval)
+        since_sweep = since_freeze = 0.0
+        last_ended = -1
         while True:
-            await asyncio.sleep(self.freeze_interval)
-            since_sweep += self.freeze_interval
-            if since_sweep >= self.sweep_interval or self.churned():
-                since_sweep = 0.0
+            await asyncio.sleep(step)
+            since_sweep += step
+            since_freeze += step
+            ended = self.churn()[0] if self.churn is not None else 0
+            settled, last_ended = ended == last_ended, ended
+            if since_sweep >= self.sweep_interval or (
+                    self.churned() and (settled or since_freeze >= self.freeze_interval)):
+                since_sweep = since_freeze = 0.0
                 self.sweep()
-            else:
+            elif since_freeze >= self.freeze_interval:
+                since_freeze = 0.0
                 gc.freeze()
 
 

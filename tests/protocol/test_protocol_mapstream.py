@@ -87,7 +87,7 @@ def test_message_split_across_noise_records_and_several_in_one() -> None:
         (struct.pack("<I", len(KEEPALIVE_MESSAGE) - 5) + KEEPALIVE_MESSAGE[4:-1], "truncated"),
         (
             struct.pack("<I", len(KEEPALIVE_MESSAGE) - 3) + KEEPALIVE_MESSAGE[4:] + b"x",
-            "after its zstd frame",
+            "not valid zstd after 1 whole zstd frame",
         ),
         (struct.pack("<I", 1 << 30), "exceeds"),
     ],
@@ -102,5 +102,17 @@ def test_bad_messages_are_the_servers_fault(data: bytes, problem: str) -> None:
 
 def test_decompressed_size_limit() -> None:
     message = MapMessageEncoder().encode(bytes(10_000))
-    with pytest.raises(RemoteProtocolError, match="decompresses to 10000 bytes"):
+    with pytest.raises(RemoteProtocolError, match="decompresses to more than the 1000-byte limit"):
         MapStreamDecoder(max_message_size=1000).receive_data(message)
+
+
+def test_a_message_may_be_several_zstd_frames_of_one_document() -> None:
+    # RFC 8878 3.1: a decoder concatenates the frames' contents (the mapper's full maps).
+    encoder = MapMessageEncoder()
+    peer = b'{"ID":1,"Name":"' + b"n" * 200 + b'"}'
+    parts = [b'{"Peers":[' + peer, b"," + peer, b'],"Domain":"x"}']
+    message = encoder.frame([encoder.compress(part) for part in parts])
+    assert MapStreamDecoder().receive_data(message) == [b"".join(parts)]
+    limit = len(message) + 1  # the compressed message fits; its contents do not
+    with pytest.raises(RemoteProtocolError, match=f"decompresses to more than the {limit}-byte limit"):
+        MapStreamDecoder(max_message_size=limit).receive_data(message)
