@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from headscale_core.mapper import fullmap
 from headscale_core.testing.inprocess import RunningServer
 from headscale_core.testing.pytest_plugin import NodeFactory
 from headscale_core.testing.tailscale import OLD_VERSION, TailscaleNode, wait_until
@@ -39,6 +40,20 @@ async def join(control: RunningServer, factory: NodeFactory, names: list[str], *
 async def peers_of(node: TailscaleNode) -> dict[str, dict[str, Any]]:
     status = await node.status()
     return {p["HostName"]: p for p in (status.get("Peer") or {}).values()}
+
+
+async def test_full_maps_of_several_zstd_frames_decode_in_tailscaled(
+        control: RunningServer, tailscale_node_factory: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every peer in a run of its own: each full map with peers is three frames or more; the
+    # oldest supported client reads them too.
+    monkeypatch.setattr(fullmap, "RUN_SPAN", 1)
+    nodes = await join(control, tailscale_node_factory, ["f1", "f2", "f3"], f1={"version": OLD_VERSION})
+    for node in nodes:
+        await node.wait_running(30)
+        await wait_until(lambda node=node: _has_peers(node, 2), 20, f"{node.name} sees two peers")
+        peers = await peers_of(node)
+        assert sorted(peers) == sorted(n.name for n in nodes if n is not node)
+    assert control.ctx.extras["mapper"].full_maps.misses >= 3
 
 
 async def test_three_nodes_join_see_each_other_ping_and_carry_tcp(control: RunningServer,
