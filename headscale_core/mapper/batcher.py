@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 
 MAX_WINDOW = 1.0  # the adaptive batching window never exceeds this
+BUSY_SHARE = 2.0  # under load, wait this many times as long as the last fan-out took
 
 
 def _only_patches(batch: ChangeBatch) -> bool:
@@ -55,7 +56,7 @@ class Mapper:
         self._batch = ChangeBatch()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._first_change: float | None = None  # when the oldest change of this batch was emitted
-        self._last_apply = 0.0  # seconds the last fan-out took: the next window is at least this
+        self._last_apply = 0.0  # seconds the last fan-out took: the next window grows with it
         self._last_done = 0.0  # when it ended (perf_counter)
         self._policy_version = -1  # the compiled policy's version the last fan-out saw
         self._keepalive: tuple[int, bytes] = (-1, b"")
@@ -133,10 +134,7 @@ class Mapper:
         body = dumps(message)
         if not peer_nodes:
             return self.encode_body(body, "full"), message, peer_nodes
-        now = datetime.now(UTC)  # the expiry clock, read once for every peer
-        variant = self.peers.variant
-        peers = [(peer.id, variant(peer, node_id, now)) for peer in peer_nodes]
-        frame = self.encoder.frame(self.full_maps.body(peers, body))
+        frame = self.encoder.frame(self.full_maps.body(self.peers.variants(peer_nodes, node_id), body))
         if self.metrics is not None:
             self.metrics.map_message("full", len(frame))
         return frame, message, peer_nodes
@@ -176,11 +174,12 @@ class Mapper:
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             since = time.perf_counter() - self._last_done
-            if since < self._last_apply:
-                # Fan-outs expensive and back to back (a registration storm under a policy):
-                # wait as long as the last one took, so each covers more changes and fan-out
-                # work stays at most about half of the time.
-                window = max(self.delay, self._last_apply)
+            if since < BUSY_SHARE * self._last_apply:
+                # Fan-outs expensive and back to back (a registration or reconnect storm): wait
+                # BUSY_SHARE times as long as the last one took, so each covers more changes and
+                # fan-out work stays at most about a third of the time; the rest goes to the
+                # handshakes and full maps of the storm.
+                window = max(self.delay, min(MAX_WINDOW, BUSY_SHARE * self._last_apply))
             else:
                 # Leading edge: a change after a quiet spell goes out on the next turn of the
                 # loop (with whatever else that turn emits), not a window later; changes while

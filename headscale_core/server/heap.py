@@ -12,7 +12,7 @@ frozen while already garbage, or that become cyclic garbage later, are not lost:
 ``sweep_interval`` everything is unfrozen, collected once and frozen again, and sooner after
 churn: when more connections have ended since the last sweep than a tenth of those open (a
 reconnect storm leaves every old connection's reference cycles frozen: 80 MB at 5,000 nodes),
-as soon as connections stop ending, so the pause falls right after the storm.
+as soon as connections stop ending and opening, so the pause falls right after the storm.
 Reference counting, which frees almost everything, is not affected at all.
 """
 
@@ -68,18 +68,18 @@ class HeapKeeper:
 
     async def run(self) -> None:
         self.sweep()
-        # Churn is looked at every few seconds, and swept once connections stop ending (the
-        # storm is over: a sweep in the middle of it would be one of many, each a pause), or at
-        # the next freeze if they go on ending.
+        # Churn is looked at every few seconds, and swept once connections neither end nor
+        # open any more (the storm and the redials after it are over: a sweep in the middle of
+        # them would be one of many, each a pause), or at the next freeze if they go on.
         step = min(CHURN_CHECK_SECONDS, self.freeze_interval)
         since_sweep = since_freeze = 0.0
-        last_ended = -1
+        last = (-1, -1)
         while True:
             await asyncio.sleep(step)
             since_sweep += step
             since_freeze += step
-            ended = self.churn()[0] if self.churn is not None else 0
-            settled, last_ended = ended == last_ended, ended
+            now = self.churn() if self.churn is not None else (0, 0)
+            settled, last = now == last, now
             if since_sweep >= self.sweep_interval or (
                     self.churned() and (settled or since_freeze >= self.freeze_interval)):
                 since_sweep = since_freeze = 0.0

@@ -106,10 +106,13 @@ def test_churn_is_swept_once_connections_stop_ending(monkeypatch: pytest.MonkeyP
             for _ in range(10):  # a storm: 50 more connections end every check
                 counts["ended"] += 50
                 await asyncio.sleep(0.02)
+            for _ in range(10):  # then they redial: none ends, more are open every check
+                counts["open"] += 50
+                await asyncio.sleep(0.02)
             during = keeper.sweeps
-            await asyncio.sleep(0.1)  # connections stopped ending
+            await asyncio.sleep(0.1)  # connections stopped ending and opening
             return during, keeper.sweeps
 
     during, after = asyncio.run(scenario())
-    assert during == 1, "no sweep while connections are still ending (only the first)"
+    assert during == 1, "no sweep while connections still end or open (only the first)"
     assert after == 2, "one sweep soon after the storm, long before the 30 s freeze"
