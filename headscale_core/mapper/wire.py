@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from headscale_core.protocol.wirejson import dumps
+from headscale_core.protocol.wirejson import dumps_kept
 from headscale_core.state.model import TAGGED_DEVICES_USER_ID, TAGGED_DEVICES_USER_NAME, Node, User
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class PeerVariant:
     @property
     def encoded(self) -> bytes:
         if self._encoded is None:
-            self._encoded = dumps(self.json)
+            self._encoded = dumps_kept(self.json)
         return self._encoded
 
 

@@ -6,13 +6,13 @@ messages come from the mapper.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from headscale_core.errors import HeadscaleError, InvalidRequest
 from headscale_core.events import request_source
 from headscale_core.mapper.batcher import Mapper
+from headscale_core.protocol import wirejson
 from headscale_core.protocol.keys import is_zero
 from headscale_core.protocol.wirejson import dumps
 from headscale_core.server.h2session import MachineRequest, ResponseStream, StreamClosed
@@ -43,7 +43,7 @@ class MachineHandler:
             await resp.respond(404, f"{req.path} is not served by this control server".encode())
             return
         try:
-            body = json.loads(req.take_body() or b"{}")
+            body = wirejson.loads(req.take_body() or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
         except ValueError as exc:
