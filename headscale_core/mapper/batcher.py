@@ -34,13 +34,30 @@ log = logging.getLogger(__name__)
 
 
 MAX_WINDOW = 1.0  # the adaptive batching window never exceeds this
-BUSY_SHARE = 2.0  # under load, wait this many times as long as the last fan-out took
+BUSY_SHARE = 4.0  # under load, wait this many times as long as the last fan-out took
 
 
 def _only_patches(batch: ChangeBatch) -> bool:
     """Does ``batch`` hold field patches and nothing that changes who sees whom or what?"""
     return bool(batch.patched) and not (batch.changed or batch.removed or batch.self_changed
                                         or batch.policy or batch.derp or batch.users)
+
+
+def batch_window(delay: float, since: float, last_apply: float) -> float:
+    """Seconds to wait before fanning out a change that finds no batch pending, ``since``
+    seconds after the last fan-out ended, which took ``last_apply`` seconds."""
+    if since < last_apply:
+        # A storm (registrations, reconnections): changes keep coming while fan-outs are
+        # expensive. Wait BUSY_SHARE times as long as the last one took, so each covers more
+        # changes and fan-out work stays at most about a fifth of the time; the rest goes to the
+        # storm's handshakes and full maps. Changes that come a fan-out's length apart or more
+        # (an endpoint move every 100 ms) are no storm.
+        return max(delay, min(MAX_WINDOW, BUSY_SHARE * last_apply))
+    # Leading edge: a change after a quiet spell goes out on the next turn of the loop (with
+    # whatever else that turn emits), not a window later; changes while one went out less than
+    # a window ago wait for the rest of that window. Fan-outs stay at least a window apart, and
+    # an isolated endpoint move costs no delay.
+    return max(0.0, delay - since)
 
 
 class Mapper:
@@ -173,19 +190,7 @@ class Mapper:
             self._batch.add(change)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            since = time.perf_counter() - self._last_done
-            if since < BUSY_SHARE * self._last_apply:
-                # Fan-outs expensive and back to back (a registration or reconnect storm): wait
-                # BUSY_SHARE times as long as the last one took, so each covers more changes and
-                # fan-out work stays at most about a third of the time; the rest goes to the
-                # handshakes and full maps of the storm.
-                window = max(self.delay, min(MAX_WINDOW, BUSY_SHARE * self._last_apply))
-            else:
-                # Leading edge: a change after a quiet spell goes out on the next turn of the
-                # loop (with whatever else that turn emits), not a window later; changes while
-                # one went out less than a window ago wait for the rest of that window. Fan-outs
-                # stay at least a window apart, and an isolated endpoint move costs no delay.
-                window = max(0.0, self.delay - since)
+            window = batch_window(self.delay, time.perf_counter() - self._last_done, self._last_apply)
             self._flush_handle = loop.call_later(window, self._start_flush)
 
     def _start_flush(self) -> None:
