@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import h2.exceptions
-
 from benchmarks.loadgen.peertable import PeerTable
 from headscale_core.protocol.keys import PrivateKey
 from headscale_core.protocol.mapstream import MapStreamDecoder
@@ -70,13 +68,7 @@ class CountingClient(TSClient):
             super()._flush()
 
     async def close(self) -> None:
-        if self._closed is None:
-            try:
-                self._h2.close_connection()
-                self._flush()
-            except h2.exceptions.ProtocolError:
-                pass
-            self._shut("client closed the connection")
+        self._goodbye()
         self._writer.transport.close()
         if self._lost is not None:
             await asyncio.gather(self._lost, return_exceptions=True)

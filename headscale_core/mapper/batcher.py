@@ -2,7 +2,8 @@
 
 Changes are coalesced into one ``ChangeBatch`` per ``tuning.batch_change_delay``: the first
 change after a quiet spell goes out at once, later ones wait until a window after the last
-fan-out.
+fan-out, and in a storm the window grows with the fan-outs (``batch_window``).
+
 For each connected session the batch becomes the smallest message the client understands
 (``PeersChangedPatch``, ``PeersChanged``, ``PeersRemoved``, a new ``PacketFilter`` only when
 that recipient's filter changed). Identical messages are serialised and compressed once per

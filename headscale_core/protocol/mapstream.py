@@ -4,9 +4,11 @@ Each MapResponse on a map stream is ``uint32 little-endian length || body``, whe
 the JSON compressed with zstd when the request said ``Compress: "zstd"`` (every current client
 does) and the raw JSON otherwise. A zstd body may be several frames one after the other (RFC 8878
 §3.1: a decoder concatenates their contents; tailscaled's decoder takes "zero or more frames"):
-the mapper builds full maps from frames it compressed once for many recipients. The mapper serialises a message once, ``MapMessageEncoder``
-frames it once, and the resulting bytes are shared by every recipient; only the Noise
-encryption below is per connection. ``MapStreamDecoder`` is the client side.
+the mapper builds full maps from frames it compressed once for many recipients.
+
+The mapper serialises a message once, ``MapMessageEncoder`` frames it once, and the resulting
+bytes are shared by every recipient; only the Noise encryption below is per connection.
+``MapStreamDecoder`` is the client side.
 """
 
 from __future__ import annotations

@@ -295,7 +295,8 @@ class TSClient:
         if status != 200:
             raise ControlError("POST /machine/map (lite update)", status, answer)
 
-    async def close(self) -> None:
+    def _goodbye(self) -> None:
+        """Send GOAWAY (if the connection is still up) and mark the client closed."""
         if self._closed is None:
             try:
                 self._h2.close_connection()
@@ -303,6 +304,9 @@ class TSClient:
             except h2.exceptions.ProtocolError:
                 pass
             self._shut("client closed the connection")
+
+    async def close(self) -> None:
+        self._goodbye()
         if self._reader_task is not None:
             self._reader_task.cancel()
             await asyncio.gather(self._reader_task, return_exceptions=True)
