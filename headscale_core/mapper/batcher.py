@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 MAX_WINDOW = 1.0  # the adaptive batching window never exceeds this
-BUSY_SHARE = 4.0  # under load, wait this many times as long as the last fan-out took
+BUSY_SHARE = 4.0  # in a storm, wait this many times as long as the last fan-out took
+STORM_STREAK = 3  # back-to-back batches in a row that make a storm
 
 
 def _only_patches(batch: ChangeBatch) -> bool:
@@ -44,16 +45,20 @@ def _only_patches(batch: ChangeBatch) -> bool:
                                         or batch.policy or batch.derp or batch.users)
 
 
-def batch_window(delay: float, since: float, last_apply: float) -> float:
+def batch_window(delay: float, since: float, last_apply: float, streak: int = 0) -> float:
     """Seconds to wait before fanning out a change that finds no batch pending, ``since``
-    seconds after the last fan-out ended, which took ``last_apply`` seconds."""
+    seconds after the last fan-out ended, which took ``last_apply`` seconds; ``streak`` is how
+    many batches in a row, this one included, began back to back (their first change came
+    sooner after the last fan-out than that fan-out took)."""
     if since < last_apply:
-        # A storm (registrations, reconnections): changes keep coming while fan-outs are
-        # expensive. Wait BUSY_SHARE times as long as the last one took, so each covers more
-        # changes and fan-out work stays at most about a fifth of the time; the rest goes to the
-        # storm's handshakes and full maps. Changes that come a fan-out's length apart or more
-        # (an endpoint move every 100 ms) are no storm.
-        return max(delay, min(MAX_WINDOW, BUSY_SHARE * last_apply))
+        # Back to back: wait as long as the last fan-out took, so the next covers more. In a
+        # storm (registrations, reconnections: a streak of them), wait BUSY_SHARE times as long,
+        # so fan-out work stays at most about a fifth of the time and the rest goes to the
+        # storm's handshakes and full maps. One event's two changes (a reconnecting node's
+        # endpoints, then its coming online) are no storm; nor are changes that come a
+        # fan-out's length apart or more (an endpoint move every 100 ms).
+        share = BUSY_SHARE if streak >= STORM_STREAK else 1.0
+        return max(delay, min(MAX_WINDOW, share * last_apply))
     # Leading edge: a change after a quiet spell goes out on the next turn of the loop (with
     # whatever else that turn emits), not a window later; changes while one went out less than
     # a window ago wait for the rest of that window. Fan-outs stay at least a window apart, and
@@ -76,6 +81,7 @@ class Mapper:
         self._first_change: float | None = None  # when the oldest change of this batch was emitted
         self._last_apply = 0.0  # seconds the last fan-out took: the next window grows with it
         self._last_done = 0.0  # when it ended (perf_counter)
+        self._streak = 0  # batches in a row that began back to back (see batch_window)
         self._policy_version = -1  # the compiled policy's version the last fan-out saw
         self._keepalive: tuple[int, bytes] = (-1, b"")
         self.sessions_ended = 0  # ever: the heap keeper sweeps after churn
@@ -191,7 +197,9 @@ class Mapper:
             self._batch.add(change)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            window = batch_window(self.delay, time.perf_counter() - self._last_done, self._last_apply)
+            since = time.perf_counter() - self._last_done
+            self._streak = self._streak + 1 if since < self._last_apply else 0
+            window = batch_window(self.delay, since, self._last_apply, self._streak)
             self._flush_handle = loop.call_later(window, self._start_flush)
 
     def _start_flush(self) -> None:

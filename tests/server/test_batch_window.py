@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from headscale_core.mapper.batcher import BUSY_SHARE, MAX_WINDOW, batch_window
+from headscale_core.mapper.batcher import BUSY_SHARE, MAX_WINDOW, STORM_STREAK, batch_window
 
 DELAY = 0.010
 
@@ -22,7 +22,13 @@ def test_changes_a_fan_out_apart_are_no_storm() -> None:
     assert batch_window(DELAY, since=0.070, last_apply=0.030) == 0.0
 
 
+def test_one_events_second_change_waits_one_fan_out() -> None:
+    # a node reconnects: its endpoints go out, its coming online follows right after
+    assert batch_window(DELAY, since=0.001, last_apply=0.030, streak=1) == pytest.approx(0.030)
+
+
 def test_a_storm_waits_several_fan_outs_and_never_more_than_the_cap() -> None:
-    assert batch_window(DELAY, since=0.001, last_apply=0.030) == pytest.approx(BUSY_SHARE * 0.030)
-    assert batch_window(DELAY, since=0.001, last_apply=0.002) == DELAY  # never under the delay
-    assert batch_window(DELAY, since=0.0, last_apply=MAX_WINDOW) == MAX_WINDOW
+    storm = STORM_STREAK
+    assert batch_window(DELAY, since=0.001, last_apply=0.030, streak=storm) == pytest.approx(BUSY_SHARE * 0.030)
+    assert batch_window(DELAY, since=0.001, last_apply=0.002, streak=storm) == DELAY  # never under the delay
+    assert batch_window(DELAY, since=0.0, last_apply=MAX_WINDOW, streak=storm) == MAX_WINDOW
