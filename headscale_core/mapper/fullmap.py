@@ -9,7 +9,8 @@ tailscaled's decoder takes "zero or more frames"):
     {"Peers":[ peer, … | ,peer, … | … | ],"Node":…,"PacketFilter":…,…}
     `-------- run 0 --------'`- run 1 -'      `------- the viewer's own tail -------'
 
-Peers are cut into runs by node ID (``RUN_SPAN`` consecutive IDs per run). Each run is
+Peers are cut into runs by node ID (``RUN_SPAN`` consecutive IDs per run); a viewer whose
+peers are scattered thinly over the IDs gets its map as one frame instead. Each run is
 compressed once per distinct content, named by the serials of the peer variants in it, and its
 frame is kept once a second viewer asks for the very same run: a run only one viewer gets (the
 one holding the viewer itself, in a dense tailnet) costs no memory. Each stretch of IDs keeps
@@ -26,6 +27,7 @@ from headscale_core.mapper.wire import PeerVariant
 from headscale_core.protocol.mapstream import MapMessageEncoder
 
 RUN_SPAN = 64  # node IDs per run
+MIN_RUN_PEERS = 16  # fewer peers per run on average: the map is one frame, no runs
 KEEP_PER_RUN = 8  # contents kept per stretch of IDs (the oldest goes first)
 SEEN_LIMIT = 1 << 16  # names of runs asked for once, remembered at most
 
@@ -46,16 +48,18 @@ class FullMapFrames:
     def body(self, peers: Sequence[tuple[int, PeerVariant]], rest: bytes) -> list[bytes]:
         """The zstd frames of a full map: ``peers`` (node ID and variant, in ID order, at
         least one) as ``Peers``, then the other fields, ``rest`` (a JSON object's encoding)."""
-        frames: list[bytes] = []
-        run: list[PeerVariant] = []
-        run_id = peers[0][0] // RUN_SPAN
+        runs: list[tuple[int, list[PeerVariant]]] = []
         for node_id, variant in peers:
-            if node_id // RUN_SPAN != run_id:
-                frames.append(self._run(run_id, run, first=not frames))
-                run = []
-                run_id = node_id // RUN_SPAN
-            run.append(variant)
-        frames.append(self._run(run_id, run, first=not frames))
+            run_id = node_id // RUN_SPAN
+            if not runs or runs[-1][0] != run_id:
+                runs.append((run_id, []))
+            runs[-1][1].append(variant)
+        if len(peers) < MIN_RUN_PEERS * len(runs):
+            # Peers scattered over the IDs (a user's nodes among everyone's): thin runs would
+            # compress badly (3x the bytes at sparse N = 5,000) and are rarely shared. One frame.
+            encoded = b",".join([variant.encoded for _, variant in peers])
+            return [self._encoder.compress(b"".join((_FIRST, encoded, b"],", rest[1:])))]
+        frames = [self._run(run_id, run, first=not index) for index, (run_id, run) in enumerate(runs)]
         frames.append(self._encoder.compress(b"]," + rest[1:]))
         return frames
 

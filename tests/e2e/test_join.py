@@ -47,6 +47,7 @@ async def test_full_maps_of_several_zstd_frames_decode_in_tailscaled(
     # Every peer in a run of its own: each full map with peers is three frames or more; the
     # oldest supported client reads them too.
     monkeypatch.setattr(fullmap, "RUN_SPAN", 1)
+    monkeypatch.setattr(fullmap, "MIN_RUN_PEERS", 1)
     nodes = await join(control, tailscale_node_factory, ["f1", "f2", "f3"], f1={"version": OLD_VERSION})
     for node in nodes:
         await node.wait_running(30)

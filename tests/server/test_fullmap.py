@@ -25,12 +25,22 @@ def decode(frames: list[bytes]) -> dict:
 def test_the_frames_decode_to_the_whole_map() -> None:
     variants: dict[int, PeerVariant] = {}
     maps = FullMapFrames(MapMessageEncoder())
-    ids = [1, 2, 3, RUN_SPAN, RUN_SPAN + 5, 3 * RUN_SPAN + 1]  # runs 0, 1 and 3
+    ids = [*range(1, RUN_SPAN), *range(RUN_SPAN, RUN_SPAN + 40), *range(3 * RUN_SPAN, 3 * RUN_SPAN + 30)]
     frames = maps.body(peers(ids, variants), json.dumps({"Node": {"ID": 9}, "Domain": "x"}).encode())
-    assert len(frames) == 4  # three runs and the viewer's own fields
+    assert len(frames) == 4  # runs 0, 1 and 3, and the viewer's own fields
     assert decode(frames) == {"Peers": [variants[i].json for i in ids], "Node": {"ID": 9}, "Domain": "x"}
     one = maps.body(peers([7], variants), b'{"Domain":"x"}')
     assert decode(one) == {"Peers": [variants[7].json], "Domain": "x"}
+
+
+def test_peers_scattered_thinly_over_the_ids_make_one_frame() -> None:
+    variants: dict[int, PeerVariant] = {}
+    maps = FullMapFrames(MapMessageEncoder())
+    ids = list(range(5, 40 * RUN_SPAN, RUN_SPAN // 2))  # two peers in each of 40 stretches
+    frames = maps.body(peers(ids, variants), b'{"Domain":"x"}')
+    assert len(frames) == 1
+    assert decode(frames) == {"Peers": [variants[i].json for i in ids], "Domain": "x"}
+    assert maps.misses == maps.hits == 0  # no runs: nothing to share or keep
 
 
 def test_a_run_is_kept_once_two_viewers_asked_for_it_and_only_then() -> None:
