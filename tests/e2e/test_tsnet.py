@@ -60,7 +60,17 @@ async def test_tsnet_node_serves_http_to_a_tailscaled_node(tmp_path: Path, contr
             lambda s: any(p.get("HostName") == "web" and p.get("Online") for p in (s.get("Peer") or {}).values()),
             45, "the tsnet node online")
         web = next(p for p in status["Peer"].values() if p["HostName"] == "web")
-        reader, writer = await node.dial(web["TailscaleIPs"][0], 80)
+        # The client seeing "web" online does not mean "web" has the client in its map and a
+        # WireGuard path yet: a dial in between is refused (SOCKS5 reply 1), so retry a while.
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            try:
+                reader, writer = await node.dial(web["TailscaleIPs"][0], 80)
+                break
+            except ConnectionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
         writer.write(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
         await writer.drain()
         response = await asyncio.wait_for(reader.read(), 15)
