@@ -136,7 +136,9 @@ class Mapper:
         return self.encode_body(dumps(message), kind)
 
     def encode_body(self, body: bytes, kind: str) -> bytes:
-        frame = self.encoder.encode(body)
+        return self._counted(self.encoder.encode(body), kind)
+
+    def _counted(self, frame: bytes, kind: str) -> bytes:
         if self.metrics is not None:
             self.metrics.map_message(kind, len(frame))
         return frame
@@ -158,10 +160,8 @@ class Mapper:
         body = dumps(message)
         if not peer_nodes:
             return self.encode_body(body, "full"), message, peer_nodes
-        frame = self.encoder.frame(self.full_maps.body(self.peers.variants(peer_nodes, node_id), body))
-        if self.metrics is not None:
-            self.metrics.map_message("full", len(frame))
-        return frame, message, peer_nodes
+        frames = self.full_maps.body(self.peers.variants(peer_nodes, node_id), body)
+        return self._counted(self.encoder.frame(frames), "full"), message, peer_nodes
 
     def _full_map_parts(self, node_id: int) -> tuple[dict[str, Any], list[Node]]:
         state = self.state
