@@ -93,6 +93,8 @@ class LiveEvents:
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         self.seq += 1
+        if not self.subscribers:
+            return
         frame = sse_frame(self.seq, kind, {"kind": kind, "time": _now(), **data})
         for subscriber in list(self.subscribers):
             subscriber.offer(frame)
@@ -107,9 +109,29 @@ class LiveEvents:
                                       "details": event.details})
 
     def on_change(self, changes: list[Change]) -> None:
+        if not self.subscribers:
+            # Nobody is watching (the usual case): keep only what tells "added" from "changed"
+            # later; describing every change cost a storm two JSON round trips per node.
+            self._note(changes)
+            return
         described = [self._describe(change) for change in changes]
         for kind, data in dict.fromkeys(d for d in described if d is not None):
             self.publish(kind, json.loads(data))
+
+    def _note(self, changes: list[Change]) -> None:
+        """What ``_describe`` records of ``changes`` about known nodes and users, without the rest."""
+        store = self.state.store
+        for change in changes:
+            match change:
+                case NodeChanged(node_id) if node_id in store.nodes:
+                    self.known_nodes.add(node_id)
+                case NodeRemoved(node_id):
+                    self.known_nodes.discard(node_id)
+                case UserChanged(user_id):
+                    if user_id in store.users:
+                        self.known_users.add(user_id)
+                    else:
+                        self.known_users.discard(user_id)
 
     def _describe(self, change: Change) -> tuple[str, str] | None:
         """(event kind, JSON data) for a change a UI shows, else None; JSON so duplicates fold."""

@@ -70,6 +70,7 @@ async def serve_ts2021(
     initiation = b""
     if problem is None:
         initiation, problem = _decode_handshake(head.header(HANDSHAKE_HEADER))
+    del head  # this frame lives as long as the connection
     if problem is not None:
         log.info("ts2021 %s: refusing upgrade: %s", remote, problem)
         await _reply_plain(writer, 400, problem)

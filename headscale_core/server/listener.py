@@ -124,13 +124,16 @@ class FrontProtocol(asyncio.Protocol):
         protocol.connection_made(transport)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
 
-        handed = [buffered]  # run() lives as long as the connection: hold no bytes
+        # run() lives as long as the connection: it holds neither the bytes nor the request head
+        # (a ts2021 client's head is a kilobyte of headers that only the handshake reads).
+        handed: list[object] = [head, buffered]
+        path = head.path
 
         async def run() -> None:
             try:
-                await handler(head, reader, writer, handed.pop())
+                await handler(handed.pop(0), reader, writer, handed.pop())  # type: ignore[arg-type]
             except Exception:
-                log.exception("upgrade handler for %s failed", head.path)
+                log.exception("upgrade handler for %s failed", path)
             finally:
                 writer.close()
 

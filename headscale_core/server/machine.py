@@ -88,17 +88,23 @@ class MachineHandler:
             await resp.respond(404, b"node not found: register first")
             return
         node = await self.apply_client_update(node, body)
-        stream = bool(body.get("Stream"))
+        stream, omit_peers = bool(body.get("Stream")), bool(body.get("OmitPeers"))
+        capver = int(body.get("Version") or req.capver)
+        # A map poll lasts hours, and this frame and the caller's hold the request: let go of
+        # what it parsed to (a Hostinfo per node, a second copy beside the node's own).
+        body.clear()
         if not stream:
-            if body.get("OmitPeers"):
+            if omit_peers:
                 await resp.respond(200, b"")
                 return
             frame, _, _ = self.mapper.full_map_frame(node.id)
             await resp.respond(200, frame)
             return
         await resp.send_headers(200, JSON_HEADERS)
-        session = self.mapper.open_session(node.id, resp, capver=int(body.get("Version") or req.capver))
+        session = self.mapper.open_session(node.id, resp, capver=capver)
         await self.state.session_started(node)
+        node_id = node.id
+        del node  # the node as it was when the poll began: a stale copy within minutes
         if self.metrics is not None:
             self.metrics.stream_opened()
         try:
@@ -109,7 +115,7 @@ class MachineHandler:
             if self.metrics is not None:
                 self.metrics.stream_closed()
             if self.mapper.close_session(session):
-                await self.state.session_ended(node.id)
+                await self.state.session_ended(node_id)
         if not resp.closed.is_set():
             try:
                 await resp.end()

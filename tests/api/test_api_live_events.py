@@ -102,6 +102,25 @@ async def test_a_ui_sees_a_node_register_come_online_and_go_offline(server: Runn
         await laptop.close()
 
 
+async def test_what_happened_while_nobody_watched_is_still_told_apart(server: RunningServer, api: ApiClient,
+                                                                     admin_key: str) -> None:
+    """With no subscriber the hub encodes nothing, but still knows which nodes and users exist:
+    a UI that connects later sees their changes as changes, not additions."""
+    hub: LiveEvents = server.ctx.extras["live_events"]
+    assert not hub.subscribers
+    alice = (await api.ok("POST", "/user", body={"name": "alice"}))["user"]
+    key = (await api.ok("POST", "/preauthkey", body={"user": alice["id"]}))["preAuthKey"]
+    laptop = SimNode(server.url, "laptop")
+    await laptop.join(key["key"])
+    node_id = str(server.state.store.by_node_key(str(laptop.node.node_public())).id)
+    async with events_of(server, admin_key) as live:
+        await api.ok("POST", f"/node/{node_id}/rename/workstation")
+        assert (await live.until("node.changed"))[-1][1]["node"]["id"] == node_id
+        await api.ok("DELETE", f"/node/{node_id}")
+        await live.until("node.removed")
+    await laptop.close()
+
+
 async def test_the_stream_needs_a_key_and_a_read_key_is_enough(server: RunningServer, api: ApiClient) -> None:
     assert await api.call("GET", "/events", key=None) == (401, "Unauthorized")
     _, reader = await server.state.create_api_key(scope="read", actor="test")
