@@ -127,6 +127,9 @@ class Registrar:
                              method="authkey", preauthkey=key.id)
             return self._ok(existing)
         problem = key.problem(now)
+        first_use = not problem and self.state.claim_preauth_key(key)
+        if not problem and not first_use and not key.reusable:
+            problem = key.problem_when_used()  # another registration took this single-use key
         if problem:
             self.state.audit("login.failed", f"machine:{machine_key[:16]}", source=remote, reason=problem)
             return {"Error": problem}
@@ -135,9 +138,8 @@ class Registrar:
             return {"Error": "the user of this pre-auth key was deleted: create a new key"}
         node = await self._create_or_reuse(machine_key, node_key, old_key, hostinfo, user, key.tags,
                                            ephemeral or key.ephemeral, "authkey", key)
-        if not key.used:  # a reusable key is marked once, not written on every registration
-            async with self.state.writing() as s:
-                await repo.set_preauth_key(s, key.id, used=True)
+        if first_use:  # a reusable key is marked once, not written on every registration
+            await self.state.mark_preauth_key_used(key)
         self.state.audit("login.ok", f"node:{node.id}", subject=f"node:{node.id}", source=remote, method="authkey",
                          preauthkey=key.id, user=user.name if user else "")
         return self._ok(node)

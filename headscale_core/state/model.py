@@ -109,8 +109,11 @@ class PreAuthKey:
             return (f"pre-auth key expired at {self.expiration.isoformat(timespec='seconds')}: "
                     "create a new one with `headscale preauthkeys create`")
         if self.used and not self.reusable:
-            return "pre-auth key was already used: single-use keys register one node; create a new one or use --reusable"
+            return self.problem_when_used()
         return None
+
+    def problem_when_used(self) -> str:
+        return "pre-auth key was already used: single-use keys register one node; create a new one or use --reusable"
 
 
 @dataclass(frozen=True)

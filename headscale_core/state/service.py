@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -44,6 +46,13 @@ log = logging.getLogger(__name__)
 ChangeListener = Callable[[list[Change]], Awaitable[None] | None]
 
 
+# A registration storm presents one pre-auth key thousands of times: its row is read once per
+# this many seconds, not once per node. Expiring or deleting a key here takes effect at once;
+# done on another instance sharing the database, within this time.
+PREAUTH_KEY_CACHE_SECONDS = 1.0
+PREAUTH_KEY_CACHE_LIMIT = 1024
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -70,6 +79,11 @@ class StateService:
         self.instance_id = uuid.uuid4().hex
         self._bus: ChangeBus | None = None
         self._unpublished: list[Change] = []
+        # prefix -> (monotonic time read, key, stored hash); and the keys whose first use this
+        # process has claimed (a single-use key registers one node even when two race for it).
+        self._preauth_keys: dict[str, tuple[float, PreAuthKey, str]] = {}
+        self._claimed_keys: set[int] = set()
+        self._preauth_read_lock = asyncio.Lock()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -247,20 +261,59 @@ class StateService:
         parts = keysecrets.split_key(text.strip(), "auth")
         if parts is None:
             raise InvalidRequest("invalid pre-auth key: it is not a key issued by this server")
-        async with self.storage.transaction() as s:
-            found = await repo.preauth_key_by_prefix(s, parts[0])
-        if found is None or not keysecrets.verify(parts[1], found[1]):
+        prefix, secret = parts
+        found = self._cached_preauth_key(prefix)
+        if found is None:
+            async with self._preauth_read_lock:  # the storm's other registrations wait for one read
+                found = self._cached_preauth_key(prefix)
+                if found is None:
+                    read_at = time.monotonic()
+                    async with self.storage.transaction() as s:
+                        found = await repo.preauth_key_by_prefix(s, prefix)
+                    if len(self._preauth_keys) >= PREAUTH_KEY_CACHE_LIMIT:
+                        self._preauth_keys.clear()
+                    if found is not None:
+                        self._preauth_keys[prefix] = (read_at, *found)
+        if found is None or not keysecrets.verify(secret, found[1]):
             raise InvalidRequest("invalid pre-auth key: it is not a key issued by this server")
         return found[0]
+
+    def _cached_preauth_key(self, prefix: str) -> tuple[PreAuthKey, str] | None:
+        cached = self._preauth_keys.get(prefix)
+        if cached is None or time.monotonic() - cached[0] > PREAUTH_KEY_CACHE_SECONDS:
+            return None
+        return cached[1], cached[2]
+
+    def claim_preauth_key(self, key: PreAuthKey) -> bool:
+        """True for the first registration in this process to use ``key`` since it was last
+        read unused: that one marks it used (``mark_preauth_key_used``); the others need not
+        (reusable) or must not (single-use) go on."""
+        if key.used or key.id in self._claimed_keys:
+            return False
+        self._claimed_keys.add(key.id)
+        return True
+
+    async def mark_preauth_key_used(self, key: PreAuthKey) -> None:
+        async with self.writing() as s:
+            await repo.set_preauth_key(s, key.id, used=True)
+        cached = self._preauth_keys.get(key.prefix)
+        if cached is not None:
+            self._preauth_keys[key.prefix] = (cached[0], dataclasses.replace(cached[1], used=True), cached[2])
+
+    def _forget_preauth_key(self, key: PreAuthKey) -> None:
+        self._preauth_keys.pop(key.prefix, None)
+        self._claimed_keys.discard(key.id)
 
     async def expire_preauth_key(self, key: PreAuthKey, actor: str = "cli") -> None:
         async with self.writing() as s:
             await repo.set_preauth_key(s, key.id, expiration=utcnow())
+        self._forget_preauth_key(key)
         self.audit("preauthkey.expire", actor, subject=f"preauthkey:{key.id}")
 
     async def delete_preauth_key(self, key: PreAuthKey, actor: str = "cli") -> None:
         async with self.writing() as s:
             await repo.delete_preauth_key(s, key.id)
+        self._forget_preauth_key(key)
         self.audit("preauthkey.delete", actor, subject=f"preauthkey:{key.id}")
 
     # ---- API keys -------------------------------------------------------------------------
