@@ -6,7 +6,7 @@ without touching the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from headscale_core.state.model import Node, User
 
@@ -17,6 +17,7 @@ class NodeStore:
         self.users: dict[int, User] = {}
         self._by_node_key: dict[str, int] = {}
         self._by_machine_key: dict[str, int] = {}
+        self._given_names: dict[str, int] = {}  # name -> how many nodes have it (one, unless imported so)
         self.online: set[int] = set()
         self.version = 0
 
@@ -31,9 +32,11 @@ class NodeStore:
         if old is not None:
             self._by_node_key.pop(old.node_key, None)
             self._by_machine_key.pop(old.machine_key, None)
+            self._forget_name(old.given_name)
         self.nodes[node.id] = node
         self._by_node_key[node.node_key] = node.id
         self._by_machine_key[node.machine_key] = node.id
+        self._given_names[node.given_name] = self._given_names.get(node.given_name, 0) + 1
         self.version += 1
 
     def remove(self, node_id: int) -> Node | None:
@@ -41,6 +44,7 @@ class NodeStore:
         if node is not None:
             self._by_node_key.pop(node.node_key, None)
             self._by_machine_key.pop(node.machine_key, None)
+            self._forget_name(node.given_name)
             self.online.discard(node_id)
             self.version += 1
         return node
@@ -53,8 +57,17 @@ class NodeStore:
         node_id = self._by_machine_key.get(machine_key)
         return self.nodes.get(node_id) if node_id is not None else None
 
-    def given_names(self) -> set[str]:
-        return {n.given_name for n in self.nodes.values()}
+    def given_names(self) -> Container[str]:
+        """The names nodes have, for ``in`` tests: kept up to date, not rebuilt per call (a
+        registration storm asked once per node, O(nodes) each time)."""
+        return self._given_names.keys()
+
+    def _forget_name(self, name: str) -> None:
+        left = self._given_names.get(name, 0) - 1
+        if left > 0:
+            self._given_names[name] = left
+        else:
+            self._given_names.pop(name, None)
 
     def nodes_of_user(self, user_id: int) -> list[Node]:
         return [n for n in self.nodes.values() if n.user_id == user_id]

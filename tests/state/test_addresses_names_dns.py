@@ -9,7 +9,9 @@ import pytest
 
 from headscale_core.mapper.wire import dns_config
 from headscale_core.state.ipalloc import AddressPoolExhausted, IPAllocator
+from headscale_core.state.model import Node
 from headscale_core.state.names import dns_label, unique_label, validate_given_name
+from headscale_core.state.nodestore import NodeStore
 from headscale_core.testing.inprocess import test_config as make_config
 
 
@@ -47,6 +49,19 @@ def test_dns_labels_are_sanitised_and_unique() -> None:
     assert unique_label("web", {"web", "web-1"}) == "web-2"
     assert validate_given_name("Bad_Name") is not None
     assert validate_given_name("good-name") is None
+
+
+def test_the_store_keeps_the_taken_names_through_renames_and_removals() -> None:
+    store = NodeStore()
+    store.put(Node(id=1, machine_key="mkey:1", node_key="nodekey:1", given_name="laptop"))
+    store.put(Node(id=2, machine_key="mkey:2", node_key="nodekey:2", given_name="laptop-1"))
+    assert unique_label("laptop", store.given_names()) == "laptop-2"
+    store.put(store.nodes[1].replace(given_name="desk"))  # renamed: its old name is free again
+    assert "laptop" not in store.given_names() and "desk" in store.given_names()
+    assert unique_label("laptop", store.given_names()) == "laptop"
+    store.remove(2)
+    assert "laptop-1" not in store.given_names()
+    assert set(store.given_names()) == {"desk"}  # type: ignore[call-overload]
 
 
 def test_dns_config_from_headscale_keys(tmp_path: Path) -> None:
