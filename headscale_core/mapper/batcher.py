@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from headscale_core.config import parse_duration
 from headscale_core.mapper import wire
-from headscale_core.mapper.fullmap import FullMapFrames
+from headscale_core.mapper.fullmap import FullMapFrames, PeerRuns
 from headscale_core.mapper.session import MapSession
 from headscale_core.protocol.mapstream import MapMessageEncoder
 from headscale_core.protocol.wirejson import dumps
 from headscale_core.state.changes import Change, ChangeBatch
 
 if TYPE_CHECKING:
-    from headscale_core.state.model import Node
     from headscale_core.state.service import StateService
 
 log = logging.getLogger(__name__)
@@ -74,6 +73,7 @@ class Mapper:
         self.encoder = MapMessageEncoder()
         self.peers = wire.PeerJSON(state)
         self.full_maps = FullMapFrames(self.encoder)
+        self.peer_runs = PeerRuns(state, self.peers)
         self.delay = parse_duration(state.config.tuning.batch_change_delay)
         self.keepalive = parse_duration(state.config.tuning.keepalive_interval)
         self._batch = ChangeBatch()
@@ -97,14 +97,14 @@ class Mapper:
             old.close()
         session = MapSession(node_id, stream, capver=capver, keepalive=self.keepalive,
                              keepalive_frame=self.keepalive_frame)
-        frame, message, peer_nodes = self.full_map_frame(node_id)
+        frame, message, peer_ids = self.full_map_frame(node_id)
         # The policy's own set when it names exactly the peers sent (the usual case): shared,
         # not a copy per session (at N = 1,000 everyone-sees-everyone, 32 KB each).
         shared_set = self.state.policy.visible_peers_set(node_id)
-        if len(shared_set) == len(peer_nodes):
+        if len(shared_set) == len(peer_ids):
             session.known_peers = shared_set
         else:
-            session.known_peers = frozenset(p.id for p in peer_nodes)
+            session.known_peers = frozenset(peer_ids)
         for field in ("PacketFilter", "SSHPolicy"):
             if field in message:
                 session.remember(field, message[field])
@@ -147,28 +147,34 @@ class Mapper:
 
     def full_map(self, node_id: int) -> tuple[dict[str, Any], set[int]]:
         """The node's full MapResponse as a dict, and its peers."""
-        message, peer_nodes = self._full_map_parts(node_id)
+        peer_nodes = [self.state.store.nodes[pid] for pid in self._peer_ids(node_id)]
+        message = self._full_map_message(node_id, {p.user_id for p in peer_nodes})
         if peer_nodes:
             message["Peers"] = [self.peers.peer(p, node_id) for p in peer_nodes]
         return message, {p.id for p in peer_nodes}
 
-    def full_map_frame(self, node_id: int) -> tuple[bytes, dict[str, Any], list[Node]]:
-        """The full map framed for the wire, its message without ``Peers``, and the peers.
-        Peers' JSON comes from ``PeerJSON``'s encoded variants, compressed in runs that
-        viewers seeing the same peers share (``FullMapFrames``)."""
-        message, peer_nodes = self._full_map_parts(node_id)
+    def full_map_frame(self, node_id: int) -> tuple[bytes, dict[str, Any], list[int]]:
+        """The full map framed for the wire, its message without ``Peers``, and the peers' IDs.
+        Peers' JSON comes from runs of ``PeerJSON``'s variants that viewers seeing the same
+        peers share (``PeerRuns``), compressed once per content (``FullMapFrames``)."""
+        peer_ids = self._peer_ids(node_id)
+        runs = self.peer_runs.runs(peer_ids, node_id)
+        message = self._full_map_message(node_id, frozenset().union(*(run.user_ids for run in runs)))
         body = dumps(message)
-        if not peer_nodes:
-            return self.encode_body(body, "full"), message, peer_nodes
-        frames = self.full_maps.body(self.peers.variants(peer_nodes, node_id), body)
-        return self._counted(self.encoder.frame(frames), "full"), message, peer_nodes
+        if not peer_ids:
+            return self.encode_body(body, "full"), message, peer_ids
+        frames = self.full_maps.body_runs(runs, body)
+        return self._counted(self.encoder.frame(frames), "full"), message, peer_ids
 
-    def _full_map_parts(self, node_id: int) -> tuple[dict[str, Any], list[Node]]:
+    def _peer_ids(self, node_id: int) -> list[int]:
+        nodes = self.state.store.nodes
+        return [pid for pid in sorted(self.state.policy.visible_peers(node_id)) if pid in nodes]
+
+    def _full_map_message(self, node_id: int, peer_user_ids: AbstractSet[int | None]) -> dict[str, Any]:
+        """The full MapResponse but its ``Peers``."""
         state = self.state
         node = state.node(node_id)
-        peer_nodes = [state.store.nodes[pid] for pid in sorted(state.policy.visible_peers(node_id))
-                      if pid in state.store.nodes]
-        user_ids = {node.user_id} | {p.user_id for p in peer_nodes}
+        user_ids = {node.user_id} | peer_user_ids
         packet_filter = state.policy.packet_filter(node_id)
         message: dict[str, Any] = {
             "Node": wire.self_node_json(state, node),
@@ -186,7 +192,7 @@ class Mapper:
             message["SSHPolicy"] = ssh
         if not state.config.logtail.enabled:
             message["Debug"] = {"DisableLogTail": True}
-        return message, peer_nodes
+        return message
 
     # ---- batching -------------------------------------------------------------------------
 

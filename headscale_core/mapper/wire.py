@@ -7,7 +7,7 @@ Exact Go field names; zero values omitted rather than sent as ``""`` (a key fiel
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +108,14 @@ class PeerJSON:
     def variant(self, node: Node, viewer_id: int, now: datetime | None = None) -> PeerVariant:
         """``node`` as ``viewer_id`` sees it; ``now`` (the expiry clock) may be passed by a
         caller asking for many peers at once."""
+        entry = self._entry(node, now)
+        if entry.uniform is not None:
+            return entry.uniform
+        policy = self.state.policy
+        return entry.variant(tuple(policy.peer_allowed_ips(viewer_id, node)), tuple(policy.primary_routes(node)))
+
+    def _entry(self, node: Node, now: datetime | None) -> _PeerEntry:
+        """The node's current entry, its viewer-independent variant (if any) up to date."""
         policy = self.state.policy
         online = node.id in self.state.store.online
         expired = node.expiry is not None and node.expiry <= (now or datetime.now(UTC))
@@ -120,9 +128,7 @@ class PeerJSON:
             uniform = policy.uniform_peer_ips(node)
             entry.uniform = None if uniform is None else entry.variant(tuple(uniform), ())
             entry.uniform_version = policy.version
-        if entry.uniform is not None:
-            return entry.uniform
-        return entry.variant(tuple(policy.peer_allowed_ips(viewer_id, node)), tuple(policy.primary_routes(node)))
+        return entry
 
     def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
         return self.variant(node, viewer_id).json
@@ -145,6 +151,17 @@ class PeerJSON:
                 out.append((node.id, entry.uniform))
             else:
                 out.append((node.id, self.variant(node, viewer_id, now)))
+        return out
+
+    def shared_variants(self, nodes: Sequence[Node], now: datetime) -> list[PeerVariant] | None:
+        """The variants of ``nodes`` when each is the same for every viewer (no routes, no
+        attribute hiding addresses), else None: what viewers may share."""
+        out: list[PeerVariant] = []
+        for node in nodes:
+            uniform = self._entry(node, now).uniform
+            if uniform is None:
+                return None
+            out.append(uniform)
         return out
 
     def forget(self, node_ids: Iterable[int]) -> None:

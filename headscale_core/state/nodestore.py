@@ -20,6 +20,9 @@ class NodeStore:
         self._given_names: dict[str, int] = {}  # name -> how many nodes have it (one, unless imported so)
         self.online: set[int] = set()
         self.version = 0
+        # node ID -> ``version`` when the node last changed (replaced, online state): a cache of
+        # anything built from a group of nodes is current while none of them moved past it.
+        self.touched: dict[int, int] = {}
 
     def load(self, users: Iterable[User], nodes: Iterable[Node]) -> None:
         for user in users:
@@ -38,6 +41,7 @@ class NodeStore:
         self._by_machine_key[node.machine_key] = node.id
         self._given_names[node.given_name] = self._given_names.get(node.given_name, 0) + 1
         self.version += 1
+        self.touched[node.id] = self.version
 
     def remove(self, node_id: int) -> Node | None:
         node = self.nodes.pop(node_id, None)
@@ -46,8 +50,20 @@ class NodeStore:
             self._by_machine_key.pop(node.machine_key, None)
             self._forget_name(node.given_name)
             self.online.discard(node_id)
+            self.touched.pop(node_id, None)
             self.version += 1
         return node
+
+    def set_online(self, node_id: int, online: bool) -> None:
+        if online == (node_id in self.online):
+            return
+        if online:
+            self.online.add(node_id)
+        else:
+            self.online.discard(node_id)
+        self.version += 1
+        if node_id in self.touched:
+            self.touched[node_id] = self.version
 
     def by_node_key(self, node_key: str) -> Node | None:
         node_id = self._by_node_key.get(node_key)

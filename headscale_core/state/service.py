@@ -566,14 +566,14 @@ class StateService:
         if task is not None:
             task.cancel()
         was_online = node.id in self.store.online
-        self.store.online.add(node.id)
+        self.store.set_online(node.id, True)
         if not was_online:
             await self.update_soft(node.replace(last_seen=utcnow()), NodePatched(node.id, frozenset({"Online"})))
 
     async def session_ended(self, node_id: int) -> None:
         if node_id not in self.store.online:
             return
-        self.store.online.discard(node_id)
+        self.store.set_online(node_id, False)
         node = self.store.nodes.get(node_id)
         if node is None:
             return
