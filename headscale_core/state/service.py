@@ -69,7 +69,7 @@ class StateService:
         self._listeners: list[ChangeListener] = []
         self._alloc4 = IPAllocator(config.prefix_v4, strategy=config.prefixes.allocation) if config.prefix_v4 else None
         self._alloc6 = IPAllocator(config.prefix_v6, strategy=config.prefixes.allocation) if config.prefix_v6 else None
-        self._dirty: dict[int, Node] = {}
+        self._dirty: dict[int, set[str]] = {}  # node ID -> stored fields changed since the last write
         self._flush_task: asyncio.Task[None] | None = None
         self._gc_tasks: dict[int, asyncio.Task[None]] = {}
         self.derp_map: dict[str, Any] = {"Regions": {}}
@@ -431,8 +431,10 @@ class StateService:
     async def update_soft(self, node: Node, *changes: Change) -> None:
         """Apply a frequent, low-value change (endpoints, disco key, last seen) at once in
         memory and write it behind in batches: lite updates must not wait for the disk."""
+        old = self.store.nodes.get(node.id)
+        dirty = self._dirty.setdefault(node.id, set())
+        dirty |= repo.NODE_COLUMNS if old is None else repo.changed_node_fields(old, node)
         self.store.put(node)
-        self._dirty[node.id] = node
         self._unpublished.extend(changes)
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later())
@@ -447,14 +449,15 @@ class StateService:
         if not dirty:
             return
         try:
+            present = [node_id for node_id in dirty if node_id in self.store.nodes]
             async with self.writing() as s:
-                await repo.update_nodes(s, [self.store.nodes[node_id] for node_id in dirty
-                                            if node_id in self.store.nodes], utcnow())
+                await repo.update_nodes(s, [self.store.nodes[node_id] for node_id in present], utcnow(),
+                                        [dirty[node_id] for node_id in present])
         except BaseException as exc:
             # Keep the rows for the next flush whatever interrupted this one (an error, or
             # shutdown cancelling the write-behind task): nothing is silently dropped.
-            for node_id, node in dirty.items():
-                self._dirty.setdefault(node_id, node)
+            for node_id, fields in dirty.items():
+                self._dirty.setdefault(node_id, set()).update(fields)
             if not isinstance(exc, Exception):
                 raise
             log.exception("could not write %d node update(s) to %s; will retry", len(dirty), self.storage.describe())

@@ -7,6 +7,7 @@ what is atomic. Nothing here is called on the map hot path: the NodeStore serves
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any
 
@@ -100,19 +101,33 @@ async def update_node(s: AsyncSession, node: Node, now: datetime) -> Node:
     return node_from_row(row)
 
 
-async def update_nodes(s: AsyncSession, nodes: Sequence[Node], now: datetime) -> None:
-    """Write ``nodes``' rows in one executemany (the write-behind of endpoints and last-seen
-    times: after a reconnect storm that is thousands of rows, which a load-and-flush per row
-    through the ORM turned into seconds of CPU)."""
-    if not nodes:
-        return
-    rows = []
-    for node in nodes:
-        row: dict[str, Any] = {f: getattr(node, f) for f in _NODE_FIELDS}
-        row.update(id=node.id, endpoints=list(node.endpoints), host_info=dict(node.host_info),
-                   tags=list(node.tags), approved_routes=list(node.approved_routes), updated_at=now)
-        rows.append(row)
-    await s.execute(update(NodeRow), rows)
+# Node fields stored as JSON, and how each is written.
+_NODE_JSON_FIELDS: dict[str, Any] = {"endpoints": list, "host_info": dict, "tags": list, "approved_routes": list}
+NODE_COLUMNS = frozenset(_NODE_FIELDS) | frozenset(_NODE_JSON_FIELDS)
+
+
+def changed_node_fields(old: Node, new: Node) -> set[str]:
+    """The stored fields that differ between two versions of a node."""
+    return {f for f in NODE_COLUMNS if getattr(old, f) is not getattr(new, f) and getattr(old, f) != getattr(new, f)}
+
+
+async def update_nodes(s: AsyncSession, nodes: Sequence[Node], now: datetime,
+                       fields: Sequence[AbstractSet[str]] | None = None) -> None:
+    """Write ``nodes``' rows in one executemany per set of changed ``fields`` (all of them when
+    None): the write-behind of endpoints and last-seen times. After a reconnect storm that is
+    thousands of rows, which a load-and-flush per row through the ORM turned into seconds of
+    CPU; writing every column re-encoded each node's Hostinfo to JSON to store a timestamp."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for index, node in enumerate(nodes):
+        columns = NODE_COLUMNS if fields is None else frozenset(fields[index]) & NODE_COLUMNS
+        row: dict[str, Any] = {"id": node.id, "updated_at": now}
+        for f in columns:
+            value = getattr(node, f)
+            convert = _NODE_JSON_FIELDS.get(f)
+            row[f] = convert(value) if convert is not None else value
+        groups.setdefault(columns, []).append(row)
+    for rows in groups.values():
+        await s.execute(update(NodeRow), rows)
 
 
 async def update_nodes_seen(s: AsyncSession, seen: Sequence[tuple[int, datetime]]) -> None:
