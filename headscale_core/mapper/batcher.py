@@ -84,7 +84,6 @@ class Mapper:
         self._streak = 0  # batches in a row that began back to back (see batch_window)
         self._policy_version = -1  # the compiled policy's version the last fan-out saw
         self._keepalive: tuple[int, bytes] = (-1, b"")
-        self.sessions_ended = 0  # ever: the heap keeper sweeps after churn
         state.on_change(self.on_change)
 
     # ---- sessions -----------------------------------------------------------------------
@@ -114,7 +113,6 @@ class Mapper:
 
     def close_session(self, session: MapSession) -> bool:
         """Forget ``session``; True when it was the node's current one (then the node is offline)."""
-        self.sessions_ended += 1
         session.close()
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]

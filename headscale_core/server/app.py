@@ -262,12 +262,8 @@ async def run_server(config: Config, plugins: Plugins | None = None) -> None:
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     tuning = config.tuning
     try:
-        def churn() -> tuple[int, int]:
-            mapper = ctx.extras.get("mapper")
-            return (mapper.sessions_ended, len(mapper.sessions)) if mapper is not None else (0, 0)
-
-        async with kept_heap(parse_duration(tuning.gc_freeze_interval), parse_duration(tuning.gc_sweep_interval),
-                             churn), running_server(ctx) as addresses:
+        async with kept_heap(parse_duration(tuning.gc_freeze_interval), parse_duration(tuning.gc_sweep_interval)), \
+                running_server(ctx) as addresses:
             log.info("headscale-core listening on %s (server_url %s); data in %s", _fmt(addresses.get("listen")),
                      config.server_url, config.path("."))
             await stop.wait()

@@ -13,7 +13,6 @@ import pytest
 
 from headscale_core.config import load_config
 from headscale_core.errors import ConfigError
-from headscale_core.server import heap
 from headscale_core.server.heap import HeapKeeper, kept_heap
 
 
@@ -78,41 +77,3 @@ def test_config_rejects_a_sweep_shorter_than_the_freeze(tmp_path: Path) -> None:
     path.write_text("tuning:\n  gc_freeze_interval: 5m\n  gc_sweep_interval: 1m\n")
     with pytest.raises(ConfigError, match="tuning.gc_sweep_interval: '1m' must not be shorter"):
         load_config(str(path))
-
-
-def test_churn_brings_the_sweep_forward() -> None:
-    counts = {"ended": 0, "open": 5000}
-    keeper = HeapKeeper(freeze_interval=30, sweep_interval=600,
-                        churn=lambda: (counts["ended"], counts["open"]))
-    counts["ended"] = 400
-    assert not keeper.churned(), "fewer than a tenth of the open connections ended"
-    counts["ended"] = 600
-    assert keeper.churned()
-    keeper.sweep()
-    assert not keeper.churned(), "a sweep resets the count"
-    counts["ended"] = 1200
-    assert keeper.churned()
-    assert not HeapKeeper(freeze_interval=30, sweep_interval=600).churned()
-
-
-def test_churn_is_swept_once_connections_stop_ending(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heap, "CHURN_CHECK_SECONDS", 0.02)
-    counts = {"ended": 0, "open": 1000}
-
-    async def scenario() -> tuple[int, int]:
-        async with kept_heap(30, 600, churn=lambda: (counts["ended"], counts["open"])) as keeper:
-            assert keeper is not None
-            await asyncio.sleep(0)  # the first sweep
-            for _ in range(10):  # a storm: 50 more connections end every check
-                counts["ended"] += 50
-                await asyncio.sleep(0.02)
-            for _ in range(10):  # then they redial: none ends, more are open every check
-                counts["open"] += 50
-                await asyncio.sleep(0.02)
-            during = keeper.sweeps
-            await asyncio.sleep(0.1)  # connections stopped ending and opening
-            return during, keeper.sweeps
-
-    during, after = asyncio.run(scenario())
-    assert during == 1, "no sweep while connections still end or open (only the first)"
-    assert after == 2, "one sweep soon after the storm, long before the 30 s freeze"
