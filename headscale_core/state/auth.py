@@ -126,18 +126,23 @@ class Registrar:
             self.state.audit("login.ok", f"node:{existing.id}", subject=f"node:{existing.id}", source=remote,
                              method="authkey", preauthkey=key.id)
             return self._ok(existing)
+        user = self.state.store.users.get(key.user_id) if key.user_id else None
         problem = key.problem(now)
+        if not problem and key.user_id and user is None:
+            problem = "the user of this pre-auth key was deleted: create a new key"
         first_use = not problem and self.state.claim_preauth_key(key)
         if not problem and not first_use and not key.reusable:
             problem = key.problem_when_used()  # another registration took this single-use key
         if problem:
             self.state.audit("login.failed", f"machine:{machine_key[:16]}", source=remote, reason=problem)
             return {"Error": problem}
-        user = self.state.store.users.get(key.user_id) if key.user_id else None
-        if key.user_id and user is None:
-            return {"Error": "the user of this pre-auth key was deleted: create a new key"}
-        node = await self._create_or_reuse(machine_key, node_key, old_key, hostinfo, user, key.tags,
-                                           ephemeral or key.ephemeral, "authkey", key)
+        try:
+            node = await self._create_or_reuse(machine_key, node_key, old_key, hostinfo, user, key.tags,
+                                               ephemeral or key.ephemeral, "authkey", key)
+        except BaseException:
+            if first_use:  # nothing was registered with it: the next registration may claim it
+                self.state.release_preauth_key(key)
+            raise
         if first_use:  # a reusable key is marked once, not written on every registration
             await self.state.mark_preauth_key_used(key)
         self.state.audit("login.ok", f"node:{node.id}", subject=f"node:{node.id}", source=remote, method="authkey",

@@ -293,6 +293,10 @@ class StateService:
         self._claimed_keys.add(key.id)
         return True
 
+    def release_preauth_key(self, key: PreAuthKey) -> None:
+        """Undo ``claim_preauth_key`` when the registration that claimed ``key`` failed."""
+        self._claimed_keys.discard(key.id)
+
     async def mark_preauth_key_used(self, key: PreAuthKey) -> None:
         async with self.writing() as s:
             await repo.set_preauth_key(s, key.id, used=True)

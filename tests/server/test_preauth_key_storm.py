@@ -14,6 +14,7 @@ from headscale_core.state import service
 from headscale_core.storage import repository as repo
 from headscale_core.testing.inprocess import running
 from headscale_core.testing.simnode import SimNode as Machine
+from headscale_core.testing.tsclient import ControlError
 
 
 async def _register_all(url: str, key: str, count: int) -> list[dict[str, Any]]:
@@ -80,3 +81,26 @@ async def test_expiring_or_deleting_a_cached_key_takes_effect_at_once(
         [late2] = await _register_all(srv.url, key2, 1)
         assert "expired" in late1["Error"], late1
         assert "invalid pre-auth key" in late2["Error"], late2
+
+
+async def test_a_single_use_key_stays_usable_when_its_registration_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(tmp_path) as srv:
+        user = await srv.state.create_user("alice")
+        _, key = await srv.state.create_preauth_key(user, reusable=False)
+        real = srv.state.insert_node
+        failures = [RuntimeError("disk full")]
+
+        async def failing_once(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(srv.state, "insert_node", failing_once)
+        machine = Machine(srv.url, "first")
+        await machine.connect()
+        with pytest.raises(ControlError):  # the registration failed on the server
+            await machine.client.register(machine.node.node_public(), auth_key=key)
+        await machine.client.close()
+        [again] = await _register_all(srv.url, key, 1)
+        assert again.get("MachineAuthorized") is True, again
