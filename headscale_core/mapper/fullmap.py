@@ -169,12 +169,11 @@ class PeerRuns:
             return kept
         self.misses += 1
         nodes = [store.nodes[node_id] for node_id in chunk]
-        shared = self.peers.shared_variants(nodes, now)
-        variants = shared if shared is not None else [v for _, v in self.peers.variants(nodes, viewer_id)]
+        variants, shared = self.peers.run_variants(nodes, viewer_id, now)
         run = PeerRun(run_id, chunk, variants, tuple([variant.serial for variant in variants]),
                       frozenset(node.user_id for node in nodes), stamp, version,
                       min((n.expiry for n in nodes if n.expiry is not None and n.expiry > now), default=None))
-        if shared is not None:  # the same for any viewer that sees exactly these peers
+        if shared:  # the same for any viewer that sees exactly these peers
             if slot is None:
                 slot = self._kept[run_id] = {}
             elif kept is None and len(slot) >= KEEP_PEER_RUNS:

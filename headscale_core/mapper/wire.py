@@ -133,36 +133,20 @@ class PeerJSON:
     def peer(self, node: Node, viewer_id: int) -> dict[str, Any]:
         return self.variant(node, viewer_id).json
 
-    def variants(self, nodes: Iterable[Node], viewer_id: int) -> list[tuple[int, PeerVariant]]:
-        """``(ID, variant)`` of each of ``nodes`` as ``viewer_id`` sees it (a full map's peers).
-
-        What ``variant`` does, with the common case (a fresh entry, the same for every viewer)
-        taken without a call per peer: a full map asks for every peer, a reconnect storm at
-        N = 1,000 a million times."""
-        now = datetime.now(UTC)
-        online = self.state.store.online
-        version = self.state.policy.version
-        entries = self._entries
-        out: list[tuple[int, PeerVariant]] = []
-        for node in nodes:
-            entry = entries.get(node.id)
-            if (entry is not None and entry.uniform is not None and entry.uniform_version == version
-                    and entry.fresh(node, node.id in online, node.expiry is not None and node.expiry <= now)):
-                out.append((node.id, entry.uniform))
-            else:
-                out.append((node.id, self.variant(node, viewer_id, now)))
-        return out
-
-    def shared_variants(self, nodes: Sequence[Node], now: datetime) -> list[PeerVariant] | None:
-        """The variants of ``nodes`` when each is the same for every viewer (no routes, no
-        attribute hiding addresses), else None: what viewers may share."""
+    def run_variants(self, nodes: Sequence[Node], viewer_id: int, now: datetime) -> tuple[list[PeerVariant], bool]:
+        """``nodes`` as ``viewer_id`` sees them (a run of a full map's peers), and whether every
+        one of them is the same for any viewer (no routes, no attribute hiding addresses), so
+        that viewers seeing the same nodes may share the list."""
         out: list[PeerVariant] = []
+        shared = True
         for node in nodes:
-            uniform = self._entry(node, now).uniform
-            if uniform is None:
-                return None
-            out.append(uniform)
-        return out
+            entry = self._entry(node, now)
+            if entry.uniform is not None:
+                out.append(entry.uniform)
+            else:
+                shared = False
+                out.append(self.variant(node, viewer_id, now))
+        return out, shared
 
     def forget(self, node_ids: Iterable[int]) -> None:
         for node_id in node_ids:

@@ -79,11 +79,30 @@ def node_from_row(row: NodeRow) -> Node:
     )
 
 
+# Node fields stored as JSON, and how each is written.
+_NODE_JSON_FIELDS: dict[str, Any] = {"endpoints": list, "host_info": dict, "tags": list, "approved_routes": list}
+NODE_COLUMNS = frozenset(_NODE_FIELDS) | frozenset(_NODE_JSON_FIELDS)
+
+
+def _node_values(node: Node, columns: AbstractSet[str]) -> dict[str, Any]:
+    """The row values of ``node``'s ``columns``."""
+    out: dict[str, Any] = {}
+    for f in columns:
+        value = getattr(node, f)
+        convert = _NODE_JSON_FIELDS.get(f)
+        out[f] = convert(value) if convert is not None else value
+    return out
+
+
+def changed_node_fields(old: Node, new: Node) -> set[str]:
+    """The stored fields that differ between two versions of a node."""
+    return {f for f in NODE_COLUMNS if (was := getattr(old, f)) is not (now := getattr(new, f)) and was != now}
+
+
 def _fill_node_row(row: NodeRow, node: Node, now: datetime) -> None:
-    for f in _NODE_FIELDS:
-        setattr(row, f, getattr(node, f))
-    row.endpoints, row.host_info = list(node.endpoints), dict(node.host_info)
-    row.tags, row.approved_routes, row.updated_at = list(node.tags), list(node.approved_routes), now
+    for f, value in _node_values(node, NODE_COLUMNS).items():
+        setattr(row, f, value)
+    row.updated_at = now
 
 
 async def insert_node(s: AsyncSession, node: Node, now: datetime) -> Node:
@@ -101,16 +120,6 @@ async def update_node(s: AsyncSession, node: Node, now: datetime) -> Node:
     return node_from_row(row)
 
 
-# Node fields stored as JSON, and how each is written.
-_NODE_JSON_FIELDS: dict[str, Any] = {"endpoints": list, "host_info": dict, "tags": list, "approved_routes": list}
-NODE_COLUMNS = frozenset(_NODE_FIELDS) | frozenset(_NODE_JSON_FIELDS)
-
-
-def changed_node_fields(old: Node, new: Node) -> set[str]:
-    """The stored fields that differ between two versions of a node."""
-    return {f for f in NODE_COLUMNS if getattr(old, f) is not getattr(new, f) and getattr(old, f) != getattr(new, f)}
-
-
 async def update_nodes(s: AsyncSession, nodes: Sequence[Node], now: datetime,
                        fields: Sequence[AbstractSet[str]] | None = None) -> None:
     """Write ``nodes``' rows in one executemany per set of changed ``fields`` (all of them when
@@ -120,12 +129,7 @@ async def update_nodes(s: AsyncSession, nodes: Sequence[Node], now: datetime,
     groups: dict[frozenset[str], list[dict[str, Any]]] = {}
     for index, node in enumerate(nodes):
         columns = NODE_COLUMNS if fields is None else frozenset(fields[index]) & NODE_COLUMNS
-        row: dict[str, Any] = {"id": node.id, "updated_at": now}
-        for f in columns:
-            value = getattr(node, f)
-            convert = _NODE_JSON_FIELDS.get(f)
-            row[f] = convert(value) if convert is not None else value
-        groups.setdefault(columns, []).append(row)
+        groups.setdefault(columns, []).append({"id": node.id, "updated_at": now, **_node_values(node, columns)})
     for rows in groups.values():
         await s.execute(update(NodeRow), rows)
 
