@@ -13,16 +13,24 @@ frozen while already garbage, or that become cyclic garbage later, are not lost:
 state must not depend on that: it is freed by reference counting when the client leaves (no
 reference cycles, see ``tests/server/test_connection_garbage.py``), or a reconnect storm would
 keep every old connection until the next sweep. Reference counting is not affected at all.
+
+After each freeze the keeper also hands glibc's free pages back to the kernel
+(``malloc_trim``). A storm leaves the C heap (hpack tables, dict key tables, buffers: everything
+above pymalloc's 512 bytes) full of free chunks between live ones, which glibc returns only from
+the top of the heap on its own: at 5,000 idle sparse nodes that was ~35 MB of resident memory
+nobody used (367 → 332 MB side by side). The call walks the heap once (milliseconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,30 @@ class HeapKeeper:
                 self.sweep()
             else:
                 gc.freeze()
+            release_free_pages()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_pages() -> bool:
+    """Return the C heap's free pages to the kernel; False where that is not possible."""
+    if _TRIM is None:
+        return False
+    _TRIM(0)
+    return True
 
 
 @contextlib.asynccontextmanager
