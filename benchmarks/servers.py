@@ -84,19 +84,21 @@ class ProcSample:
     cpu_seconds: float
     rss_kb: int
     hwm_kb: int
+    system_seconds: float = 0.0  # the part of cpu_seconds spent in the kernel (stime)
 
 
 def sample(pid: int) -> ProcSample:
-    """utime+stime of the whole process and its resident set (current and peak)."""
+    """utime+stime of the whole process, stime alone, and its resident set (current and peak)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    system = int(fields[12]) / CLK_TCK
     rss = hwm = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1])
-    return ProcSample(cpu, rss, hwm)
+    return ProcSample(cpu, rss, hwm, system)
 
 
 # One static region on an unused loopback port, the same file for both servers: Headscale
