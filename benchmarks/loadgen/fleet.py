@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +50,9 @@ class Fleet:
         self._applier: asyncio.Task[None] | None = None
         self._decompressor = zstandard.ZstdDecompressor()
         self._watches: dict[int, list[Watch]] = {}
+        # Nodes that have seen each watch so far: waiting on a change's thousand recipients
+        # checks a count, not every node's record, while the last deliveries are being read.
+        self.seen_counts: Counter[str] = Counter()
         self._decoded: dict[bytes, MapMessage] = {}
         self._last_arrival = 0.0
         self._backlog = 0
@@ -184,6 +187,7 @@ class Fleet:
             for watch in self._watches.get(peer_id, ()):
                 if watch.name not in node.seen and watch.test(node.table.peers.get(peer_id)):
                     node.seen[watch.name] = arrived
+                    self.seen_counts[watch.name] += 1
 
     @property
     def idle(self) -> bool:
@@ -201,6 +205,7 @@ class Fleet:
 
     def clear_watches(self) -> None:
         self._watches.clear()
+        self.seen_counts.clear()
         for node in self.nodes:
             node.seen.clear()
 

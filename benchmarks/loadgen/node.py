@@ -50,6 +50,7 @@ class CountingClient(TSClient):
         self._sinks: dict[int, Callable[[bytes], None]] = {}
         self._frames = bytearray()
         self._uncredited: dict[int, int] = {}
+        self._credit_due = False  # some stream has _CREDIT_EVERY bytes uncredited
         self._lost: asyncio.Future[None] | None = None
 
     def _start(self, leftover: bytes) -> None:
@@ -77,18 +78,32 @@ class CountingClient(TSClient):
         self.bytes_received += len(data)
         # Every byte goes through the splitter from the first, so what h2 is given is always
         # whole frames: a frame h2 held half of when a sink appeared would misalign the cut.
+        early = self._early
         for plaintext in self._transport.receive_data(data):
-            payload = self._early.receive_data(plaintext)
-            if self._early.payload is not None and self.early_payload is None:
-                self.early_payload = self._early.payload
-            if payload:
-                self._split(payload)
-        self._credit()
-        self._flush()
+            if not early.done:
+                plaintext = early.receive_data(plaintext)
+                if early.payload is not None and self.early_payload is None:
+                    self.early_payload = early.payload
+            if plaintext:
+                self._split(plaintext)
+        if self._credit_due:
+            self._credit()
+        if self._h2._data_to_send:
+            super()._flush()
 
     def _split(self, payload: bytes) -> None:
         """Hand plain DATA frames of sink streams to their sinks; the rest, in order, to h2."""
         buf = self._frames
+        if not buf and len(payload) >= 9 and payload[3] == 0 and payload[4] == 0:
+            # The common record of a map stream: exactly one plain DATA frame, nothing pending.
+            length = int.from_bytes(payload[:3], "big")
+            if len(payload) == 9 + length:
+                stream_id = int.from_bytes(payload[5:9], "big") & 0x7FFFFFFF
+                sink = self._sinks.get(stream_id)
+                if sink is not None:
+                    sink(payload[9:])
+                    self._count_uncredited(stream_id, length)
+                    return
         buf += payload
         pos, end, to_h2 = 0, len(buf), 0
         while end - pos >= 9:
@@ -103,7 +118,7 @@ class CountingClient(TSClient):
                 if to_h2 < pos:
                     self._to_h2(bytes(buf[to_h2:pos]))
                 sink(bytes(buf[pos + 9 : pos + 9 + length]))
-                self._uncredited[stream_id] = self._uncredited.get(stream_id, 0) + length
+                self._count_uncredited(stream_id, length)
                 to_h2 = pos + 9 + length
             pos += 9 + length
         if to_h2 < pos:
@@ -114,7 +129,14 @@ class CountingClient(TSClient):
         for event in self._h2.receive_data(frames):
             self._on_event(event)
 
+    def _count_uncredited(self, stream_id: int, length: int) -> None:
+        count = self._uncredited.get(stream_id, 0) + length
+        self._uncredited[stream_id] = count
+        if count >= _CREDIT_EVERY:
+            self._credit_due = True
+
     def _credit(self) -> None:
+        self._credit_due = False
         for stream_id, count in self._uncredited.items():
             if count >= _CREDIT_EVERY:
                 self._uncredited[stream_id] = 0

@@ -82,6 +82,12 @@ class MapStreamDecoder:
         if self._failure is not None:
             raise RemoteProtocolError(f"map stream already failed: {self._failure}")
         buffer = self._buffer
+        if not buffer and len(data) >= _LENGTH.size:
+            # Exactly one whole message and nothing pending (a delta's usual chunk): no buffering.
+            (length,) = _LENGTH.unpack_from(data)
+            if len(data) == _LENGTH.size + length and length <= self._max:
+                body = data[_LENGTH.size:]
+                return [self._decompress(body) if self._compressed else body]
         buffer += data
         messages: list[bytes] = []
         pos = 0

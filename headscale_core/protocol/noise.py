@@ -301,6 +301,19 @@ class NoiseTransport:
         if self._failure is not None:
             raise RemoteProtocolError(f"Noise transport already failed: {self._failure}")
         buffer = self._buffer
+        if not buffer and len(data) > RECORD_HEADER_SIZE:
+            # Exactly one whole record and nothing pending (most reads): decrypt it in place.
+            msg_type, length = _RECORD_HEADER.unpack_from(data)
+            if (msg_type == MSG_RECORD and len(data) == RECORD_HEADER_SIZE + length
+                    and length <= MAX_CIPHERTEXT_SIZE and self._receive_nonce + 1 < _MAX_NONCE):
+                try:
+                    plaintext = self._receive.decrypt(
+                        _NONCE.pack(self._receive_nonce), memoryview(data)[RECORD_HEADER_SIZE:], None
+                    )
+                except InvalidTag:
+                    self._fail(f"record {self._receive_nonce} does not decrypt")
+                self._receive_nonce += 1
+                return [plaintext] if plaintext else []
         buffer += data
         plaintexts: list[bytes] = []
         pos = 0
