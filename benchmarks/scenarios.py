@@ -214,6 +214,9 @@ async def _propagate(b: Bench, changers: list[SimNode], send_at: list[float],
         assert node.node_id is not None
         watches.append(Watch(f"c{k}", node.node_id, mutate(node, k)))
     fleet.watch(watches)
+    # Worked out before the first change, not while the last one's deliveries are being read.
+    targets = [(f"c{k}", [by_id[v] for v in _recipients(expected, n.node_id or 0) if v in by_id])
+               for k, n in enumerate(changers)]
     sent: list[float] = [0.0] * len(changers)
     messages0 = {n.name: n.messages for n in fleet.nodes}
     bytes0 = fleet.bytes_received()
@@ -228,8 +231,6 @@ async def _propagate(b: Bench, changers: list[SimNode], send_at: list[float],
 
     results = await asyncio.gather(*(send(k, n) for k, n in enumerate(changers)), return_exceptions=True)
     errors = [f"{changers[k].name}: {r!r}" for k, r in enumerate(results) if isinstance(r, BaseException)]
-    targets = [(f"c{k}", [by_id[v] for v in _recipients(expected, n.node_id or 0) if v in by_id])
-               for k, n in enumerate(changers)]
     # Counts first (one per change): a full check of every recipient every 20 ms held the load
     # generator's loop for milliseconds while it should be reading the last deliveries.
     needed = [(name, len(rs)) for name, rs in targets]

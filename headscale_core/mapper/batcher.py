@@ -266,6 +266,22 @@ class Mapper:
                 for session in sessions:
                     session.push(patch)
                 return len(sessions)
+            # Several peers patched (a burst): each session hears of those it knows, and sessions
+            # that know the same ones share one encoded message (in a dense tailnet, all of them).
+            frames: dict[tuple[int, ...], bytes] = {}
+            reached = 0
+            for session in sessions:
+                known = session.known_peers
+                heard = tuple(nid for nid in patched_ids if nid in known)
+                if not heard:
+                    continue
+                frame = frames.get(heard)
+                if frame is None:
+                    frame = frames[heard] = self.encode({"PeersChangedPatch": [patches[nid] for nid in heard]},
+                                                        "patch")
+                session.push(frame)
+                reached += 1
+            return reached
         for session in sessions:
             viewer = session.node_id
             if viewer not in nodes:

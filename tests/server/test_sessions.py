@@ -11,7 +11,7 @@ from typing import Any
 
 from headscale_core.protocol.keys import PrivateKey
 from headscale_core.server.app import refresh_derp_map
-from headscale_core.state.changes import DERPMapChanged
+from headscale_core.state.changes import DERPMapChanged, NodePatched
 from headscale_core.testing.inprocess import running
 from headscale_core.testing.simnode import SimNode as Sim
 from headscale_core.testing.simnode import drain
@@ -256,3 +256,38 @@ async def test_a_patch_reaches_exactly_the_sessions_that_see_the_node(tmp_path: 
         assert not [m for m in heard_c if "PeersChangedPatch" in m or "PeersChanged" in m], heard_c
         for s in (a, b, c):
             await s.client.close()
+
+
+async def test_patches_of_several_peers_in_one_batch_reach_each_session_as_far_as_it_sees(tmp_path: Path) -> None:
+    """A burst (several peers' endpoints in one batching window): one message per session, with
+    the patches of exactly the peers that session sees."""
+    async with running(tmp_path, policy={"mode": "database"}) as srv:
+        await srv.state.set_policy(json.dumps({"acls": [
+            {"action": "accept", "src": ["alice@"], "dst": ["alice@:*"]},
+            {"action": "accept", "src": ["bob@"], "dst": ["bob@:*"]},
+        ]}))
+        keys = {}
+        for name in ("alice", "bob"):
+            keys[name] = (await srv.state.create_preauth_key(await srv.state.create_user(name), reusable=True))[1]
+        sims = {name: Sim(srv.url, name) for name in ("a1", "a2", "a3", "a4", "b1", "b2")}
+        for name, sim in sims.items():
+            await sim.join(keys["alice" if name.startswith("a") else "bob"])
+        watchers = ("a3", "a4", "b2")
+        streams = {name: sims[name].client.map_stream(sims[name].map_request()) for name in watchers}
+        for stream in streams.values():
+            await stream.__anext__()
+            await drain(stream)
+        ids = {name: srv.state.store.by_node_key(str(sim.node.node_public())).id for name, sim in sims.items()}
+        for k, name in enumerate(("a1", "a2", "b1")):  # no await that yields: one batch
+            node = srv.state.store.nodes[ids[name]]
+            await srv.state.update_soft(node.replace(endpoints=(f"192.0.2.{k + 1}:41641",)),
+                                        NodePatched(node.id, frozenset({"Endpoints"})))
+        heard = {name: await drain(streams[name], 1.0) for name in watchers}
+        for name, expected in (("a3", {"a1": "192.0.2.1", "a2": "192.0.2.2"}), ("a4", {"a1": "192.0.2.1", "a2": "192.0.2.2"}),
+                               ("b2", {"b1": "192.0.2.3"})):
+            messages = [m for m in heard[name] if "PeersChangedPatch" in m]
+            assert len(messages) == 1, (name, heard[name])
+            got = {p["NodeID"]: p["Endpoints"] for p in messages[0]["PeersChangedPatch"]}
+            assert got == {ids[peer]: [f"{ip}:41641"] for peer, ip in expected.items()}, name
+        for sim in sims.values():
+            await sim.client.close()
