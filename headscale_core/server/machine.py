@@ -93,6 +93,7 @@ class MachineHandler:
         # A map poll lasts hours, and this frame and the caller's hold the request: let go of
         # what it parsed to (a Hostinfo per node, a second copy beside the node's own).
         body.clear()
+        req.drop_headers()
         if not stream:
             if omit_peers:
                 await resp.respond(200, b"")

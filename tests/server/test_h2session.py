@@ -47,6 +47,7 @@ class _Pair:
         self.wire = _Wire()
         self.client_noise = NoiseTransport(send_key=b, receive_key=a)
         self.responses: list[ResponseStream] = []
+        self.requests: list[Any] = []
         self.session = H2Session(self.wire, NoiseTransport(send_key=a, receive_key=b), self._handler,
                                  machine_key=MachinePublic(bytes(32)), capver=100, remote="test")
         self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -55,6 +56,7 @@ class _Pair:
         self.client.initiate_connection()
 
     async def _handler(self, request: Any, response: ResponseStream) -> None:
+        self.requests.append(request)
         self.responses.append(response)
         await response.send_headers(200)
         await asyncio.sleep(3600)
@@ -182,5 +184,32 @@ def test_settings_are_kept_compact_and_still_change() -> None:
         pair.to_client()
         pair.to_server()
         assert server.local_settings.max_concurrent_streams == 50
+
+    asyncio.run(scenario())
+
+
+def test_header_tables_are_kept_compact_and_still_index_and_evict() -> None:
+    async def scenario() -> None:
+        pair = _Pair()
+        server = pair.session.h2
+        for coder in (server.encoder, server.decoder):
+            assert type(coder.header_table.dynamic_entries).__name__ == "_HeaderEntries"
+        # Repeated headers are sent as indexes into the decoder's dynamic table; values large
+        # enough to overflow its 4,096 bytes make it evict (pop) the oldest.
+        for k in range(12):
+            sid = pair.client.get_next_available_stream_id()
+            pair.client.send_headers(sid, [(":method", "POST"), (":path", "/machine/map"), (":scheme", "http"),
+                                           (":authority", "x"), ("x-same", "kept"), ("x-big", f"{k}" * 600)],
+                                     end_stream=True)
+            pair.to_server()
+            await asyncio.sleep(0)
+            request = pair.requests[-1]
+            assert (request.header("x-same"), request.header("x-big")) == ("kept", f"{k}" * 600)
+        table = server.decoder.header_table
+        assert table._current_size <= table.maxsize
+        assert table.dynamic_entries[0] == (b"x-big", b"11" * 600)
+        assert len(table.dynamic_entries) < 12 + 1, "older entries were evicted"
+        headers = [e for e in pair.to_client() if isinstance(e, h2.events.ResponseReceived)]
+        assert len(headers) == 12  # our encoder's table (":status 200" indexed) answers every one
 
     asyncio.run(scenario())
