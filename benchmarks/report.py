@@ -31,8 +31,12 @@ HEADLINES: list[tuple[str, str, str, str]] = [
     ("steady_idle_dense_1000", "rss_kb_per_node", "RSS per connected node", "KB"),
     ("steady_idle_dense_1000", "rss_mb", "RSS, N=1,000 connected", "MB"),
     ("endpoint_change_dense_1000", "per_recipient_p50_ms", "endpoint change: per recipient p50", "ms"),
-    ("endpoint_change_dense_1000", "to_last_peer_p99_ms", "endpoint change: to last peer p99", "ms"),
+    ("endpoint_change_dense_1000", "to_last_peer_p99_ms", "endpoint change: to last peer p99 (at its socket)", "ms"),
+    ("endpoint_change_dense_1000", "to_last_peer_read_p99_ms", "endpoint change: to last peer p99 (read by the load generator)",
+     "ms"),
     ("endpoint_change_dense_1000", "server_cpu_ms_per_change", "endpoint change: server CPU/change", "ms"),
+    ("endpoint_change_dense_1000", "server_kernel_ms_per_change", "endpoint change: of which kernel (both TCP ends)",
+     "ms"),
     ("endpoint_change_dense_1000", "bytes_per_recipient", "endpoint change: bytes/recipient", "B"),
     ("online_flap_dense_1000", "offline_seen_p50_ms", "offline seen by peers p50", "ms"),
     ("online_flap_dense_1000", "online_seen_p50_ms", "back online seen p50", "ms"),
@@ -129,7 +133,8 @@ def targets(scenarios: dict[str, dict[str, dict[str, Any]]], nodes: int) -> list
                      "met": None if value is None or ok is None else bool(ok)})
 
     v = median(f"endpoint_change_{d}", "ours", "to_last_peer_p99_ms")
-    check(f"endpoint change N={nodes} dense: p99 time to last peer <= 50 ms", v, 50, v is not None and v <= 50,
+    check(f"endpoint change N={nodes} dense: p99 time to last peer (arrival at its socket) <= 50 ms", v, 50,
+          v is not None and v <= 50,
           f"endpoint_change_{d}")
     v = median(f"endpoint_change_{d}", "ours", "server_cpu_ms_per_change")
     check(f"server CPU per endpoint change N={nodes} <= 15 ms", v, 15, v is not None and v <= 15)

@@ -187,6 +187,7 @@ class Fleet:
             for watch in self._watches.get(peer_id, ()):
                 if watch.name not in node.seen and watch.test(node.table.peers.get(peer_id)):
                     node.seen[watch.name] = arrived
+                    node.seen_read[watch.name] = time.perf_counter()
                     self.seen_counts[watch.name] += 1
 
     @property
@@ -208,6 +209,7 @@ class Fleet:
         self.seen_counts.clear()
         for node in self.nodes:
             node.seen.clear()
+            node.seen_read.clear()
 
     # ---- figures -----------------------------------------------------------------------------
 

@@ -4,12 +4,20 @@ The poll does what tailscaled does with the stream (decompress, apply to a peer 
 only timestamps and queues each frame; the fleet's applier decodes and applies it. That keeps
 arrival times honest when a thousand 250 KB initial maps land at once, since decoding one costs
 milliseconds and would otherwise delay every other node's reader.
+
+A frame's arrival time is when its bytes reached the node's socket: the kernel's receive
+timestamp (``SO_TIMESTAMPNS``), not when this one-core load generator got round to reading
+that socket among a thousand others. A real node has a CPU of its own; without the timestamp a
+fan-out's last recipient would be timed by the load generator's backlog, not the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +33,16 @@ from headscale_core.testing.tsclient import CURRENT_CAPVER, ControlError, TSClie
 WATCHDOG_SECONDS = 120.0
 REDIAL_BACKOFF_SECONDS = 1.0
 
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: a receive timestamp with each read
+_TIMESPEC = struct.Struct("@qq")
+READ_SIZE = 1 << 18
+# One buffer for every node's reads (they happen one at a time): recvmsg() would allocate, and
+# at this size mmap and unmap, READ_SIZE bytes per read before trimming them to what came.
+_READ_BUFFER = bytearray(READ_SIZE)
+_READ_VIEW = memoryview(_READ_BUFFER)
+_READ_BUFFERS = [_READ_BUFFER]
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 _WINDOW_UPDATE = b"\x00\x00\x04\x08\x00"  # length 4, type WINDOW_UPDATE, no flags
 # Bytes of bypassed DATA credited back to the server per WINDOW_UPDATE (stream and connection).
@@ -44,6 +62,8 @@ class CountingClient(TSClient):
     """
 
     bytes_received = 0
+    # perf_counter time at which the bytes being handled reached this node's socket
+    arrived_at = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,15 +74,20 @@ class CountingClient(TSClient):
         self._lost: asyncio.Future[None] | None = None
 
     def _start(self, leftover: bytes) -> None:
-        """Read through a protocol of our own instead of the StreamReader and a reader task:
-        received bytes are handled in the transport's callback, with no task switch per read
-        (~10 us each here, for every one of a thousand nodes' frames on one core)."""
+        """Read through a reader of our own instead of the StreamReader and a reader task:
+        received bytes are handled in the read callback, with no task switch per read (~10 us
+        each here, for every one of a thousand nodes' frames on one core), and carry the
+        kernel's receive timestamp (``arrived_at``)."""
         self._flush()
+        self.arrived_at = time.perf_counter()
         if leftover:
             self._receive(leftover)
         transport = self._writer.transport
-        self._lost = asyncio.get_running_loop().create_future()
-        transport.set_protocol(_DirectProtocol(self, self._lost))
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        protocol = _DirectProtocol(self, self._lost)
+        transport.set_protocol(protocol)
+        protocol.stamped = _StampedReader.attach(protocol, transport, loop)
 
     def _flush(self) -> None:
         if self._h2._data_to_send:  # nothing queued in h2 after most reads: skip its copy
@@ -159,7 +184,7 @@ class CountingClient(TSClient):
         decoder = MapStreamDecoder(compressed=False)
 
         def sink(chunk: bytes) -> None:
-            arrived = time.perf_counter()
+            arrived = self.arrived_at
             for frame in decoder.receive_data(chunk):
                 on_frame(arrived, frame)
 
@@ -186,11 +211,14 @@ class _DirectProtocol(asyncio.Protocol):
     def __init__(self, client: CountingClient, lost: asyncio.Future[None]) -> None:
         self._client = client
         self._lost = lost
+        self.stamped: _StampedReader | None = None
 
     def data_received(self, data: bytes) -> None:
         client = self._client
         if client._closed is not None:
             return
+        if self.stamped is None:
+            client.arrived_at = time.perf_counter()
         try:
             client._receive(data)
         except Exception as exc:  # a protocol error from the server ends this connection
@@ -202,9 +230,82 @@ class _DirectProtocol(asyncio.Protocol):
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.stamped is not None:
+            self.stamped.close()
+            self.stamped = None
         self._client._shut(f"connection lost: {exc}" if exc else "server closed the connection")
         if not self._lost.done():
             self._lost.set_result(None)
+
+
+class _StampedReader:
+    """Reads a connection's socket with ``recvmsg`` in place of its (paused) transport, so that
+    each read comes with the kernel's receive timestamp; writes still go through the transport.
+
+    The socket is a duplicate of the transport's descriptor: the transport keeps the original
+    for writing and closing, and the duplicate is closed with it (``connection_lost``)."""
+
+    def __init__(self, protocol: _DirectProtocol, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._protocol = protocol
+        self._sock = sock
+        self._loop = loop
+        self._fd = sock.fileno()
+        loop.add_reader(self._fd, self._readable)
+
+    @classmethod
+    def attach(cls, protocol: _DirectProtocol, transport: asyncio.BaseTransport,
+               loop: asyncio.AbstractEventLoop) -> _StampedReader | None:
+        """Take over reading ``transport``'s socket; None (the transport goes on reading, and
+        arrival is when the bytes are read) where the socket or the option is not available."""
+        raw = transport.get_extra_info("socket")
+        pause_reading = getattr(transport, "pause_reading", None)  # uvloop's is no ReadTransport
+        if raw is None or pause_reading is None:
+            return None
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:
+            return None
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            reader = cls(protocol, sock, loop)
+        except (OSError, RuntimeError):
+            sock.close()
+            return None
+        pause_reading()
+        return reader
+
+    def _readable(self) -> None:
+        try:
+            size, ancillary, _, _ = self._sock.recvmsg_into(_READ_BUFFERS, _ANCILLARY_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(f"connection lost: {exc}")
+            return
+        if not size:
+            self._end("server closed the connection")
+            return
+        data = bytes(_READ_VIEW[:size])
+        client = self._protocol._client
+        now = time.perf_counter()
+        arrived = now
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+                # the same instant on the perf_counter clock (the kernel stamps wall-clock time)
+                arrived = now - max(0.0, time.time() - (seconds + nanoseconds * 1e-9))
+        client.arrived_at = arrived
+        self._protocol.data_received(data)
+
+    def _end(self, reason: str) -> None:
+        client = self._protocol._client
+        client._shut(reason)
+        client._writer.transport.close()  # connection_lost closes this reader
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._sock.close()
 
 
 def linux_hostinfo(name: str, rng: random.Random) -> dict[str, Any]:
@@ -264,7 +365,8 @@ class SimNode:
     table: PeerTable = field(default_factory=PeerTable)
     pending: deque[tuple[float, bytes]] = field(default_factory=deque)
     queued: bool = False
-    seen: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)  # watch name -> arrival at the socket
+    seen_read: dict[str, float] = field(default_factory=dict)  # watch name -> when it was read
     dialed_at: float = 0.0
     first_map_at: float | None = None
     messages: int = 0

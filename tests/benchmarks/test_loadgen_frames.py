@@ -44,3 +44,13 @@ def test_a_partial_frame_waits_for_the_rest() -> None:
     assert got == [] and to_h2 == []
     client._split(whole[50:])
     assert got == [b"x" * 100] and to_h2 == []
+
+
+def test_a_read_of_exactly_one_data_frame_goes_straight_to_the_sink() -> None:
+    client, got, to_h2 = reader()
+    client._split(frame(0, 0, 3, b"abc"))
+    client._split(frame(0, 0, 7, b"not ours"))  # no sink: through the buffer to h2
+    assert got == [b"abc"]
+    assert to_h2 == [frame(0, 0, 7, b"not ours")]
+    assert client._uncredited == {3: 3}
+    assert client._frames == bytearray()
