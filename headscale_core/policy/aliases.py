@@ -30,6 +30,8 @@ class Resolved:
 
 
 EMPTY = Resolved()
+# The autogroups `_resolve` answers with nodes (the role autogroups are in ROLE_AUTOGROUPS).
+_NODE_AUTOGROUPS = frozenset({"autogroup:danger-all", "autogroup:member", "autogroup:tagged"})
 # The owner holds every admin right.
 ROLE_AUTOGROUPS = {"autogroup:owner": frozenset({"owner"}), "autogroup:admin": frozenset({"owner", "admin"})}
 
@@ -76,12 +78,18 @@ class Resolver:
         new.nodes = dict(self.nodes)
         new.node_nets = dict(self.node_nets)
         new.routes = dict(self.routes)
-        new._user_nodes = {u: set(ids) for u, ids in self._user_nodes.items()}
-        new._tag_nodes = {t: set(ids) for t, ids in self._tag_nodes.items()}
+        # Only the users and tags the changed nodes had or have get new member sets; the other
+        # sets are shared with this resolver (neither changes them again).
+        versions = [v for node in nodes for v in (self.nodes.get(node.id), node) if v is not None]
+        users = {v.user_id for v in versions if not v.tags and v.user_id is not None}
+        tags = {tag for v in versions for tag in v.tags}
         changed = {node.id for node in nodes}
-        for index in (new._user_nodes, new._tag_nodes):
-            for ids in index.values():
-                ids -= changed
+        new._user_nodes = dict(self._user_nodes)
+        new._tag_nodes = dict(self._tag_nodes)
+        for user in users:
+            new._user_nodes[user] = new._user_nodes.get(user, set()) - changed
+        for tag in tags:
+            new._tag_nodes[tag] = new._tag_nodes.get(tag, set()) - changed
         moved = rerouted = False
         for node in nodes:
             old = self.nodes.get(node.id)
@@ -89,11 +97,12 @@ class Resolver:
             new.node_nets[node.id] = tuple(parse_network(a) for a in node.addresses)
             if node.tags:
                 for tag in node.tags:
-                    new._tag_nodes.setdefault(tag, set()).add(node.id)
+                    new._tag_nodes[tag].add(node.id)
             elif node.user_id is not None:
-                new._user_nodes.setdefault(node.user_id, set()).add(node.id)
+                new._user_nodes[node.user_id].add(node.id)
             moved = moved or old is None or old.addresses != node.addresses
-        new._cache = {}
+        new._cache = {alias: resolved for alias, resolved in self._cache.items()
+                      if self._unaffected(alias, users, tags)}
         new._matching = {}
         # autoApprovers may name tags and users, so routes are approved once every index is current.
         for node in nodes:
@@ -105,6 +114,22 @@ class Resolver:
         if rerouted:
             new._exit_nodes = None
         return new
+
+    def _unaffected(self, alias: str, users: set[int], tags: set[str]) -> bool:
+        """Does ``alias`` resolve the same whatever happens to the nodes of ``users`` and the
+        nodes tagged ``tags`` (so a copy of this resolver may keep its cached resolution)?
+        Mirrors ``_resolve``: aliases over every node (``*``, ``autogroup:member``, ...) never are."""
+        if alias == "*":
+            return False
+        if alias.startswith("autogroup:"):
+            return alias not in ROLE_AUTOGROUPS and alias not in _NODE_AUTOGROUPS
+        if alias.startswith("tag:"):
+            return alias not in tags
+        if alias.startswith("group:"):
+            return users.isdisjoint(self.group_users(alias))
+        if "@" in alias:
+            return users.isdisjoint(self.user_ids(alias))
+        return True  # a host or a prefix: no node in it
 
     def user_ids(self, token: str) -> list[int]:
         token = token.removeprefix("user:").lower()

@@ -33,7 +33,6 @@ class CompiledPolicy:
         self.policy = policy
         self.ssh_check_url = ssh_check_url
         self.users = tuple(users)
-        self.nodes = tuple(nodes)
         self.resolver = Resolver(policy or _EMPTY_POLICY, users, nodes)
         self.allow_all = policy is None
         # A policy without acls and grants gets Tailscale's default: everyone reaches everything.
@@ -57,6 +56,12 @@ class CompiledPolicy:
     def with_nodes_changed(self, nodes: Sequence[PolicyNode]) -> CompiledPolicy:
         """`with_node_changed` for several nodes at once (a batch of registrations)."""
         return with_nodes_changed(self, nodes)
+
+    @property
+    def nodes(self) -> tuple[PolicyNode, ...]:
+        """Every node, in the order they joined the topology (made on demand: a recompile
+        after a registration must not copy the tailnet)."""
+        return tuple(self.resolver.nodes.values())
 
     def packet_filter(self, node_id: int) -> list[dict[str, Any]]:
         if self.allow_all:
@@ -88,7 +93,7 @@ class CompiledPolicy:
         if cached is not None:
             return cached
         if self.allow_all:
-            peers = frozenset(n.id for n in self.nodes)
+            peers = frozenset(self.resolver.nodes)
         else:
             peers = frozenset()
             for srcs, dsts, rule in self._edges:

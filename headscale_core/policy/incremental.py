@@ -32,8 +32,6 @@ def with_nodes_changed(old: CompiledPolicy, nodes: Sequence[PolicyNode]) -> Comp
     nodes = list(latest.values())
     befores = {node.id: old.resolver.nodes.get(node.id) for node in nodes}
     new = copy.copy(old)
-    new.nodes = tuple(latest.get(n.id, n) for n in old.nodes) + tuple(
-        n for n in nodes if befores[n.id] is None)
     new.resolver = resolver = old.resolver.with_nodes(nodes)
     for cached in DERIVED:
         new.__dict__.pop(cached, None)
@@ -97,8 +95,11 @@ def _alias_verdicts(old: CompiledPolicy, resolver: Resolver, befores: dict[int, 
 
     def verdict(alias: str) -> bool:
         if alias not in verdicts:
+            # An alias no changed node can belong to keeps its resolution object (see
+            # Resolver.with_nodes): the identity test answers most of a large policy at once.
             was, now = old.resolver.resolve(alias), resolver.resolve(alias)
-            verdicts[alias] = was != now or bool(moved & (was.nodes | now.nodes)) or (
+            verdicts[alias] = (was is not now and was != now) or (
+                bool(moved) and not (moved.isdisjoint(was.nodes) and moved.isdisjoint(now.nodes))) or (
                 (rerouted or bool(moved)) and _names_addresses(now))
         return verdicts[alias]
 

@@ -97,3 +97,27 @@ def test_unreached_nodes_keep_the_same_objects_after_a_join() -> None:
     assert joined.packet_filter(2) is thor_filter
     assert joined.visible_peers(2) is thor_peers
     assert joined.visible_peers(1) is not odin_peers and 4 in joined.visible_peers(1)
+
+
+def test_a_resolver_copy_keeps_the_resolutions_a_change_cannot_reach() -> None:
+    """A join costs work in proportion to what it touches: aliases of other users, other tags,
+    groups without the node's user and prefixes keep their (identical) resolutions; the node's
+    user's and tag's aliases, and those over every node, are resolved anew."""
+    policy = parse_policy("{" + TAGS + "," + POLICIES["per-user-and-servers"] + "}")
+    nodes = [PolicyNode(1, "n1", "a", "100.64.0.1", "fd7a:115c:a1e0::1", 1),
+             PolicyNode(2, "n2", "b", "100.64.0.2", "fd7a:115c:a1e0::2", 2),
+             PolicyNode(3, "n3", "c", "100.64.0.3", "fd7a:115c:a1e0::3", None, tags=("tag:server",))]
+    resolver = compile_policy(policy, USERS, nodes).resolver
+    aliases = ["odin@example.com", "thor@example.org", "tag:server", "tag:router", "group:eng", "*",
+               "autogroup:member", "autogroup:tagged", "autogroup:internet", "10.0.0.0/8"]
+    before = {alias: resolver.resolve(alias) for alias in aliases}
+    # thor's node becomes a router: thor's and tag:router's members change
+    moved = resolver.with_nodes([PolicyNode(2, "n2", "b", "100.64.0.2", "fd7a:115c:a1e0::2", None,
+                                            tags=("tag:router",))])
+    kept = {alias for alias in aliases if moved.resolve(alias) is before[alias]}
+    assert kept == {"odin@example.com", "tag:server", "group:eng", "autogroup:internet", "10.0.0.0/8"}
+    assert moved.resolve("thor@example.org").nodes == frozenset()
+    assert moved.resolve("tag:router").nodes == {2}
+    assert moved.resolve("autogroup:member").nodes == {1}
+    assert resolver.resolve("thor@example.org").nodes == {2}, "the original resolver is untouched"
+    assert resolver.user_nodes(2) == {2} and moved.user_nodes(2) == frozenset()
