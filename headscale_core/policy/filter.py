@@ -8,6 +8,7 @@ addresses, subnet routes it serves, or the internet when it is an exit node).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 from .aliases import Resolved, Resolver
@@ -46,8 +47,9 @@ class PreparedRule:
     src_strings: list[str]
     via: frozenset[str] = frozenset()  # tags of the routers this grant steers through
 
-    @property
+    @cached_property
     def companion_caps(self) -> list[str]:
+        # Asked of every rule each time a node's filter is worked out: made once per rule.
         return [COMPANION_CAPS[name] for name in sorted(self.rule.app) if name in COMPANION_CAPS]
 
     def via_router(self, nid: int, resolver: Resolver) -> bool:
@@ -231,7 +233,7 @@ def _dst_entries(nid: int, target: PreparedTarget, resolver: Resolver) -> list[d
         ips.append("*")
     else:
         if nid in d.nodes:
-            ips.extend(format_ip(n) for n in resolver.node_nets[nid])
+            ips.extend(_node_ips(resolver.node_nets[nid]))
         if d.internet and nid in resolver.exit_nodes():
             ips.extend(INTERNET_V4 + INTERNET_V6)
         reach = resolver.node_nets[nid] + tuple(r for r in resolver.routes[nid] if not is_exit_route(r))
@@ -239,6 +241,13 @@ def _dst_entries(nid: int, target: PreparedTarget, resolver: Resolver) -> list[d
             if any(prefix.version == r.version and prefix.overlaps(r) for r in reach):  # type: ignore[arg-type]
                 ips.append(format_ip(prefix))
     return [{"IP": ip, "Ports": p.as_json()} for ip in dict.fromkeys(ips) for p in target.ports]
+
+
+@lru_cache(maxsize=1 << 16)
+def _node_ips(nets: tuple[Any, ...]) -> tuple[str, ...]:
+    """A node's addresses as FilterRule writes them; a node that is the destination of many
+    rules (a server every user may reach) has them formatted once, not once per rule."""
+    return tuple(format_ip(n) for n in nets)
 
 
 def _cap_dsts(nid: int, rule: PreparedRule, resolver: Resolver) -> list[str]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any
 
 from .aliases import Resolved, Resolver
 from .filter import PreparedRule, prepare
@@ -74,16 +75,27 @@ def with_nodes_changed(old: CompiledPolicy, nodes: Sequence[PolicyNode]) -> Comp
             if rule.self_dst:
                 stale_filters |= same_user
                 stale_peers |= same_user
-    new._filters = {nid: rules for nid, rules in old._filters.items() if nid not in stale_filters}
-    new._peers = {nid: peers for nid, peers in old._peers.items() if nid not in stale_peers}
-    new._addresses = {key: value for key, value in old._addresses.items() if key[0] not in ids}
+    # Copy (at C speed) and drop the stale: a join must not pay a Python loop over the tailnet.
+    new._filters = _without(old._filters, stale_filters)
+    new._peers = _without(old._peers, stale_peers)
+    new._addresses = _without(old._addresses, {(nid, no_v4) for nid in ids for no_v4 in (False, True)})
     policy = old.policy
     attrs_moved = policy is not None and any(verdict(t) for entry in policy.node_attrs for t in entry.targets)
-    new._capmaps = {} if attrs_moved else {nid: caps for nid, caps in old._capmaps.items() if nid not in ids}
+    new._capmaps = {} if attrs_moved else _without(old._capmaps, ids)
     # SSH policies and CapMaps are not tracked per node: with either in play, anyone may have changed.
     new.stale_nodes = None if attrs_moved or (policy is not None and policy.ssh) else frozenset(
         stale_filters | stale_peers)
     return new
+
+
+def _without(cache: dict[Any, Any], stale: AbstractSet[Any]) -> dict[Any, Any]:
+    """A copy of ``cache`` without the keys in ``stale``."""
+    if len(stale) * 4 > len(cache):
+        return {key: value for key, value in cache.items() if key not in stale}
+    out = dict(cache)
+    for key in stale:
+        out.pop(key, None)
+    return out
 
 
 def _alias_verdicts(old: CompiledPolicy, resolver: Resolver, befores: dict[int, PolicyNode | None],
