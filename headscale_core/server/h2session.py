@@ -393,10 +393,6 @@ class H2Session:
         finally:
             await self._shutdown(cancel_now=cancelled)
 
-    def backed_up(self) -> bool:
-        """Is the socket's send buffer past the point where writers should wait?"""
-        return self._dead or self._channel.backlog() > _WRITE_HIGH_WATER
-
     def flush_nowait(self, frames: bytes = b"") -> None:
         """Send what h2 has queued, then ``frames`` made outside h2 (the fast DATA path), in
         one Noise write."""
