@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -126,6 +127,22 @@ def pin_loadgen(pin: bool) -> None:
         os.sched_setaffinity(0, {LOADGEN_CPU})
 
 
+def enough_descriptors(nodes: int) -> None:
+    """Raise this process's open-file limit (inherited by the servers it starts) to what
+    ``nodes`` simulated nodes need: two descriptors each (the connection, and the duplicate its
+    timestamping reader reads), plus the server's side when it is another process. Raising the
+    hard limit needs root; otherwise the soft limit goes as far as the hard one allows, and a
+    node whose duplicate cannot be made reads through its transport (arrival = read time)."""
+    want = 3 * nodes + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+
 async def run(args: argparse.Namespace) -> Path:
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     unknown = set(kinds) - set(SERVER_KINDS)
@@ -135,6 +152,7 @@ async def run(args: argparse.Namespace) -> Path:
         install_headscale()
     phases = [p.strip() for p in args.scenarios.split(",")] if args.scenarios else list(PHASES)
     pin_loadgen(args.pin)
+    enough_descriptors(max(args.nodes, args.small_storm, args.sparse_nodes))
     deadline = time.monotonic() + args.budget_minutes * 60
     started = time.time()
     runs: list[dict[str, Any]] = []
