@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from benchmarks.loadgen.peertable import PeerTable
 from headscale_core.protocol.keys import PrivateKey
@@ -87,7 +87,8 @@ class CountingClient(TSClient):
         self._lost = loop.create_future()
         protocol = _DirectProtocol(self, self._lost)
         transport.set_protocol(protocol)
-        protocol.stamped = _StampedReader.attach(protocol, transport, loop)
+        if SimNode.stamp_arrivals:
+            protocol.stamped = _StampedReader.attach(protocol, transport, loop)
 
     def _flush(self) -> None:
         if self._h2._data_to_send:  # nothing queued in h2 after most reads: skip its copy
@@ -350,6 +351,10 @@ def linux_hostinfo(name: str, rng: random.Random) -> dict[str, Any]:
 @dataclass
 class SimNode:
     """A node of the simulated fleet; the fleet drives it, the scenarios read its results."""
+
+    # Read each node's socket with its kernel receive timestamps (two descriptors per node):
+    # the runner turns it off when the open-file limit cannot hold that.
+    stamp_arrivals: ClassVar[bool] = True
 
     index: int
     name: str
