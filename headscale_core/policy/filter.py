@@ -99,7 +99,9 @@ def node_filter_rules(nid: int, prepared: list[PreparedRule], resolver: Resolver
             dst_ports = [entry for t in rule.targets if t.protos == protos
                          for entry in _dst_entries(nid, t, resolver)]
             if dst_ports:
-                out.append(_filter_rule(list(rule.src_strings), dst_ports, protos))
+                # The rule's own list, shared by every node it reaches (never modified: filters
+                # are only encoded); a copy per node was 5 MB of a 5,000-node sparse tailnet.
+                out.append(_filter_rule(rule.src_strings, dst_ports, protos))
         if rule.self_dst:
             out.extend(_self_rules(nid, rule, resolver))
         if rule.rule.app:
@@ -123,7 +125,7 @@ def _via_rules(nid: int, rule: PreparedRule, resolver: Resolver) -> list[dict[st
         ports = [p for t in rule.targets if t.protos == protos for p in t.ports]
         entries = [{"IP": ip, "Ports": p.as_json()} for ip in dict.fromkeys(ips) for p in dict.fromkeys(ports)]
         if entries:
-            out.append(_filter_rule(list(rule.src_strings), entries, protos))
+            out.append(_filter_rule(rule.src_strings, entries, protos))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from .model import PolicyError
 
@@ -18,6 +19,12 @@ class PortRange:
     last: int
 
     def as_json(self) -> dict[str, int]:
+        """The range as FilterRule writes it: one dict per range, shared by every filter that
+        names it (filters are only encoded, never modified)."""
+        return self._json
+
+    @cached_property
+    def _json(self) -> dict[str, int]:
         return {"First": self.first, "Last": self.last}
 
     def contains(self, port: int) -> bool:
