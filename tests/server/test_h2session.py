@@ -11,11 +11,12 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hyperframe.frame
 import pytest
 
 from headscale_core.protocol.keys import MachinePublic
 from headscale_core.protocol.noise import NoiseTransport
-from headscale_core.server.h2session import ByteChannel, H2Session, ResponseStream, data_frames
+from headscale_core.server.h2session import ByteChannel, H2Session, ResponseStream, data_frames, release_h2
 
 
 class _Wire(ByteChannel):
@@ -211,5 +212,22 @@ def test_header_tables_are_kept_compact_and_still_index_and_evict() -> None:
         assert len(table.dynamic_entries) < 12 + 1, "older entries were evicted"
         headers = [e for e in pair.to_client() if isinstance(e, h2.events.ResponseReceived)]
         assert len(headers) == 12  # our encoder's table (":status 200" indexed) answers every one
+
+    asyncio.run(scenario())
+
+
+def test_frame_dispatch_is_shared_and_released() -> None:
+    async def scenario() -> None:
+        pair = _Pair()
+        other = _Pair()
+        table = pair.session.h2._frame_dispatch_table
+        assert type(table).__name__ == "_FrameDispatch"
+        assert table._names is other.session.h2._frame_dispatch_table._names, "one table of names for all"
+        sid, _ = await pair.open_stream()  # HEADERS, SETTINGS and WINDOW_UPDATE frames dispatch through it
+        assert sid in pair.session._responses
+        assert table[hyperframe.frame.HeadersFrame] == pair.session.h2._receive_headers_frame
+        release_h2(pair.session.h2)
+        with pytest.raises(KeyError):
+            table[hyperframe.frame.HeadersFrame]
 
     asyncio.run(scenario())
