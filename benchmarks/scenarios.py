@@ -91,6 +91,11 @@ class Bench:
         return self.fleet.verify(expected)
 
 
+def _cpu_between(before: os.times_result, after: os.times_result) -> float:
+    """This process's CPU seconds (user and kernel) between two ``os.times()``."""
+    return after.user + after.system - before.user - before.system
+
+
 def problems_summary(problems: list[str]) -> dict[str, Any]:
     return {"problems": len(problems), "problem_examples": problems[:3]}
 
@@ -131,7 +136,7 @@ async def registration_storm(b: Bench) -> dict[str, Any]:
         "server_cpu_s": round(cpu, 3),
         # Dialling, handshakes, full maps and every delta of the storm, on one core: when it is
         # near the phase's length, the load generator and not the server set the pace.
-        "loadgen_cpu_s": round(loadgen1.user + loadgen1.system - loadgen0.user - loadgen0.system, 3),
+        "loadgen_cpu_s": round(_cpu_between(loadgen0, loadgen1), 3),
         "bytes_total": fleet.bytes_received(),
         "peak_rss_mb": round(b.server.sample().hwm_kb / 1024, 1),
         **problems_summary(errors[:3] + problems),
@@ -283,8 +288,7 @@ async def _propagate(b: Bench, changers: list[SimNode], send_at: list[float],
         # Of that, the kernel's part: on loopback a send runs both ends' TCP (and wakes the
         # receiver) in the sender's time, so this is the floor no server code can remove.
         "server_kernel_ms_per_change": round(1000 * kernel / max(len(changers), 1), 2),
-        "loadgen_cpu_ms_per_change": round(1000 * (loadgen1.user + loadgen1.system - loadgen0.user - loadgen0.system)
-                                           / max(len(changers), 1), 2),
+        "loadgen_cpu_ms_per_change": round(1000 * _cpu_between(loadgen0, loadgen1) / max(len(changers), 1), 2),
         "loadgen_kernel_ms_per_change": round(1000 * (loadgen1.system - loadgen0.system) / max(len(changers), 1), 2),
         "bytes_per_recipient": round(bytes_used / max(deliveries, 1), 1),
         "messages_per_recipient_p50": statistics.median(per_node_msgs) if per_node_msgs else 0,

@@ -24,7 +24,6 @@ from headscale_core.protocol.mapstream import KEEPALIVE_MESSAGE
 from headscale_core.protocol.wirejson import dumps
 
 log = logging.getLogger(__name__)
-_monotonic = time.monotonic
 
 QUEUE_LIMIT = 512
 KEEPALIVE_TICK = 1.0  # seconds: keep-alive deadlines fall on multiples of this (see run)
@@ -104,10 +103,8 @@ class MapSession:
                 log.debug("map session of node %s: stream gone while sending: %s", self.node_id, exc)
                 self.close()
                 return
-            if sent:  # _sent(), inline: once per recipient of every change
-                self._last_sent = _monotonic()
-                self.messages_sent += 1
-                self.bytes_sent += len(frame)
+            if sent:
+                self._sent(frame)
                 return
         if backlog is None:
             backlog = self._backlog = deque()
